@@ -1,0 +1,243 @@
+"""Recipes: the validated description of what a run does (steps, evaluation, constraints).
+
+A recipe comes from a dict, YAML or JSON. Each step is written as ``{stage: {method: NAME, ...}}``;
+everything in the mapping except ``method`` and ``targets`` is the method's options, validated later
+against the method plugin's ``Options`` model by :meth:`torchslim.Engine.validate`::
+
+    steps:
+      - compress:   {method: magnitude, sparsity: 0.8, scope: global}
+      - accelerate: {method: svd, mac_ratio: 0.5, targets: {include: ["layer*.conv*"]}}
+      - finetune:   {method: sgd, epochs: 3, lr: 0.01}
+    evaluate: [accuracy, macs, params, size, latency]
+    constraints: {max_drop: {accuracy: 0.01}}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import RecipeError
+from .hookspecs import STAGES
+
+Stage = Literal["compress", "accelerate", "finetune"]
+
+DEFAULT_EVALUATORS = ["accuracy", "params", "nonzeros", "macs", "latency", "size"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Targets(_Strict):
+    """Which modules a step touches: name globs and module types, each optional.
+
+    ``include``/``exclude`` are :mod:`fnmatch` globs on qualified module names (``layer1.0.conv1``);
+    ``types`` are class names (``Conv2d``, ``Linear``) matched against the module's class and its
+    bases. Empty ``types`` means the method's own default types.
+    """
+
+    include: list[str] = Field(default_factory=lambda: ["*"])
+    exclude: list[str] = Field(default_factory=list)
+    types: list[str] = Field(default_factory=list)
+
+    @field_validator("include", "exclude", "types", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class Step(_Strict):
+    """One recipe step: a stage, the method (plugin name) that runs it, its options and targets."""
+
+    stage: Stage
+    method: str
+    options: Any = Field(default_factory=dict)
+    targets: Targets = Field(default_factory=Targets)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_shorthand(cls, data: Any) -> Any:
+        """Accept ``{stage: {method: ..., **options}}`` as well as the explicit form."""
+        if isinstance(data, dict) and len(data) == 1:
+            (stage, body), = data.items()
+            if stage in STAGES or (stage not in cls.model_fields and isinstance(body, dict)):
+                if not isinstance(body, dict):
+                    raise ValueError(f"the body of stage {stage!r} must be a mapping with a 'method'")
+                body = dict(body)
+                if "method" not in body:
+                    raise ValueError(f"stage {stage!r} names no 'method'")
+                method = body.pop("method")
+                targets = body.pop("targets", {})
+                return {"stage": stage, "method": method, "targets": targets, "options": body}
+        return data
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage}/{self.method}"
+
+
+class Constraints(_Strict):
+    """Conditions the final model must meet, relative to the baseline.
+
+    ``max_drop``: metric -> largest allowed worsening (absolute; for a higher-is-better metric a drop,
+    for a lower-is-better one a rise). ``max_ratio``: metric -> largest allowed final/baseline ratio
+    (``{macs: 0.5}`` means "at least halve the MACs").
+    """
+
+    max_drop: dict[str, float] = Field(default_factory=dict)
+    max_ratio: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("max_drop")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, drop in value.items():
+            if drop < 0:
+                raise ValueError(f"max_drop.{name}={drop} must be >= 0")
+        return value
+
+    @field_validator("max_ratio")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, ratio in value.items():
+            if ratio <= 0:
+                raise ValueError(f"max_ratio.{name}={ratio} must be > 0")
+        return value
+
+
+class Evaluation(_Strict):
+    """Settings shared by evaluators."""
+
+    latency_runs: int = Field(20, ge=1, description="timed runs; the median is reported")
+    latency_warmup: int = Field(3, ge=0, description="untimed runs before timing")
+    threads: int | None = Field(None, ge=1, description="torch threads while timing (default: current)")
+    max_eval_batches: int | None = Field(None, ge=1, description="cap on eval batches (default: all)")
+
+
+class Recipe(_Strict):
+    """A whole run: ordered steps, the evaluators to run, and constraints on the result."""
+
+    name: str | None = None
+    description: str = ""
+    steps: list[Step] = Field(default_factory=list)
+    evaluate: list[str] = Field(default_factory=lambda: list(DEFAULT_EVALUATORS))
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    constraints: Constraints = Field(default_factory=Constraints)
+    seed: int | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+        """Validate a recipe dictionary, raising :class:`RecipeError` with readable messages."""
+        if isinstance(data, Recipe):
+            return data
+        if not isinstance(data, dict):
+            raise RecipeError(f"a recipe must be a mapping, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise RecipeError(format_validation_error(exc, data)) from None
+
+    @classmethod
+    def from_yaml(cls, path_or_text: str | Path) -> "Recipe":
+        """Read a recipe from a YAML file path, or from YAML text when no such file exists."""
+        import yaml
+
+        text = _read_if_path(path_or_text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"recipe is not valid YAML: {exc}") from None
+        return cls.from_dict(data or {})
+
+    @classmethod
+    def from_json(cls, path_or_text: str | Path) -> "Recipe":
+        """Read a recipe from a JSON file path or JSON text."""
+        text = _read_if_path(path_or_text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RecipeError(f"recipe is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Recipe":
+        """Read a ``.yaml``/``.yml`` or ``.json`` recipe file."""
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file {str(path)!r} does not exist")
+        if path.suffix.lower() == ".json":
+            return cls.from_json(path)
+        return cls.from_yaml(path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as a plain, JSON-serialisable dictionary in the shorthand step form."""
+        data = self.model_dump(mode="json", exclude={"steps"})
+        data["steps"] = [step_to_dict(step) for step in self.steps]
+        return data
+
+
+def step_to_dict(step: Step) -> dict[str, Any]:
+    """A step in the ``{stage: {method: ..., **options}}`` form."""
+    options = step.options
+    if isinstance(options, BaseModel):
+        options = options.model_dump(mode="json", exclude_defaults=True)
+    body: dict[str, Any] = {"method": step.method, **dict(options)}
+    targets = step.targets.model_dump(exclude_defaults=True)
+    if targets:
+        body["targets"] = targets
+    return {step.stage: body}
+
+
+def _read_if_path(path_or_text: str | Path) -> str:
+    if isinstance(path_or_text, Path):
+        if not path_or_text.is_file():
+            raise RecipeError(f"recipe file {str(path_or_text)!r} does not exist")
+        return path_or_text.read_text()
+    text = str(path_or_text)
+    if "\n" not in text and len(text) < 1024 and Path(text).is_file():
+        return Path(text).read_text()
+    if "\n" not in text and text.endswith((".yaml", ".yml", ".json")):
+        raise RecipeError(f"recipe file {text!r} does not exist")
+    return text
+
+
+def format_validation_error(exc: ValidationError, data: Any, prefix: str = "") -> str:
+    """Turn a pydantic error into lines naming the step, the field, the bad value and the rule."""
+    lines = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        where = prefix
+        if len(loc) >= 2 and loc[0] == "steps" and isinstance(loc[1], int):
+            where = describe_step(data, loc[1])
+            loc = loc[2:]
+            # the shorthand validator's own errors carry the stage name as a location part
+            loc = [part for part in loc if part not in STAGES and part != "options"]
+        field = ".".join(str(part) for part in loc) or "(value)"
+        bad = err.get("input")
+        shown = "" if isinstance(bad, dict) else f"={bad!r}"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "is not a known field; remove it or check its spelling"
+        elif err["type"] == "literal_error" and field == "stage":
+            msg = f"must be one of {', '.join(STAGES)}"
+        lines.append(f"{where + ': ' if where else ''}{field}{shown}: {msg}")
+    return "invalid recipe:\n  " + "\n  ".join(lines)
+
+
+def describe_step(data: Any, index: int) -> str:
+    """``step 2 (accelerate/svd)`` for the 0-based ``index`` of a raw recipe dict, as well as known."""
+    label = ""
+    try:
+        raw = data["steps"][index]
+        if isinstance(raw, dict) and len(raw) == 1:
+            (stage, body), = raw.items()
+            method = body.get("method", "?") if isinstance(body, dict) else "?"
+            label = f" ({stage}/{method})"
+        elif isinstance(raw, dict):
+            label = f" ({raw.get('stage', '?')}/{raw.get('method', '?')})"
+    except (KeyError, IndexError, TypeError):
+        pass
+    return f"step {index + 1}{label}"
