@@ -23,7 +23,7 @@ from .errors import (
 )
 from .hookspecs import hookimpl, hookspec
 from .io import load, save
-from .plugins import PluginRegistry
+from .registry import PluginRegistry
 from .recipe import Constraints, Evaluation, Recipe, Step, Targets
 from .results import RunResult, StepRecord, StepResult
 from .targets import select_modules

@@ -49,6 +49,18 @@ class RunContext:
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("torchslim"))
     state: dict[str, Any] = field(default_factory=dict)
     step_index: int = 0
+    runner: Callable[[nn.Module, Any], Any] | None = field(default=None, repr=False)
+
+    def run_step(self, model: nn.Module, step: Any) -> Any:
+        """Run another method as a nested step, e.g. fine-tuning between pruning rounds.
+
+        ``step`` is a recipe step in either form (``{"finetune": {"method": "sgd", "epochs": 1}}``);
+        it is validated like a recipe step and the named plugin's hook is called. Returns its
+        :class:`~torchslim.StepResult`.
+        """
+        if self.runner is None:
+            raise RuntimeError("run_step needs a context created by torchslim.Engine")
+        return self.runner(model, step)
 
     def loss(self, output: Any, target: Any) -> torch.Tensor:
         """The task loss: the user's ``loss_fn`` or cross-entropy on logits."""

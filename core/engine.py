@@ -15,7 +15,7 @@ from .batches import split_batch
 from .context import LossFn, MetricFn, RunContext
 from .errors import PluginError, RecipeError, StepError, TorchslimError
 from .instrument import Instrument
-from .plugins import PluginInfo, PluginRegistry
+from .registry import PluginInfo, PluginRegistry
 from .recipe import Recipe, Step, Targets, format_validation_error
 from .results import RunResult, StepRecord, StepResult
 from .targets import WEIGHT_LAYERS, require_selection
@@ -171,6 +171,7 @@ class Engine:
             original_model=original, loss_fn=loss_fn, metric_fn=metric_fn, device=device, seed=seed,
             recipe=recipe, evaluation=recipe.evaluation,
         )
+        context.runner = lambda m, raw: self._run_nested(m, raw, context)
         directions = {k: v for k, v in self.registry.directions().items()}
         baseline = self._evaluate(working, recipe, context)
         records: list[StepRecord] = []
@@ -213,6 +214,17 @@ class Engine:
             report=list(result.report), skipped=list(result.skipped), info=dict(result.info),
         )
         return result.model, record
+
+    def _run_nested(self, model: nn.Module, raw: Any, context: RunContext) -> StepResult:
+        step = raw if isinstance(raw, Step) else Step.model_validate(raw)
+        where = f"step {context.step_index} nested ({step.label})"
+        step.options = self._validate_options(step, where)
+        result = self.registry.caller(step.stage, step.method)(model=model, step=step, context=context)
+        if isinstance(result, nn.Module):
+            result = StepResult(model=result)
+        if not isinstance(result, StepResult):
+            raise StepError(f"{where}: plugin {step.method!r} returned {type(result).__name__}, not StepResult")
+        return result
 
     def _evaluate(self, model: nn.Module, recipe: Recipe, context: RunContext) -> dict[str, float]:
         was_training = model.training

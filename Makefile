@@ -1,0 +1,34 @@
+# Two commands do all the set-up: `make demo` and `make test`. Both create (or reuse) .venv,
+# install the CPU build of torch when torch is missing, the package with its dev extras and
+# the contrib plugin packages (real pip installs), then run.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+TORCH_CPU ?= torch==2.13.0
+CONTRIB := $(wildcard contrib/*/pyproject.toml)
+STAMP := $(VENV)/.torchslim-installed
+
+.PHONY: test demo docs bench-quick clean
+
+$(STAMP): pyproject.toml $(CONTRIB)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_CPU)
+	$(PIP) install -e ".[dev,onnx]"
+	for p in $(CONTRIB); do $(PIP) install "./$$(dirname $$p)" || exit 1; done
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider
+
+demo: $(STAMP)
+	$(VENV)/bin/torchslim demo
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict -d site
+
+bench-quick: $(STAMP)
+	for b in bench/*.py; do $(PY) $$b --quick || exit 1; done
+
+clean:
+	rm -rf $(VENV) site build dist *.egg-info

@@ -1,0 +1,84 @@
+"""Small plugins and models shared by the core tests (registered at runtime, never mocked)."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+import torchslim
+
+
+class Scale:
+    """Compress method that multiplies targeted weights by ``factor``."""
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        factor: float = Field(0.5, gt=0, le=2, description="multiplier", json_schema_extra={"strength": True})
+
+    @torchslim.hookimpl
+    def compress(self, model, step, context):
+        rows = []
+        with torch.no_grad():
+            for name, module in torchslim.select_modules(model, step.targets):
+                module.weight.mul_(step.options.factor)
+                rows.append({"layer": name})
+        return torchslim.StepResult(model=model, report=rows, info={"layers": len(rows)})
+
+
+class WeightNorm:
+    """Evaluator: the L1 norm of all parameters (lower is better, for constraint tests)."""
+
+    metrics = {"l1": "lower", "score": "higher"}
+
+    @torchslim.hookimpl
+    def evaluate(self, model, context):
+        l1 = float(sum(p.detach().abs().sum() for p in model.parameters()))
+        return {"l1": l1, "score": -l1}
+
+
+class Raises:
+    """Accelerate method that always fails."""
+
+    @torchslim.hookimpl
+    def accelerate(self, model, step, context):
+        raise RuntimeError("boom")
+
+
+class ReturnsWrongType:
+    """Accelerate method returning a dict instead of a StepResult."""
+
+    @torchslim.hookimpl
+    def accelerate(self, model, step, context):
+        return {"model": model}
+
+
+class ReturnsNaN:
+    """Accelerate method that poisons the weights with NaN."""
+
+    @torchslim.hookimpl
+    def accelerate(self, model, step, context):
+        with torch.no_grad():
+            next(model.parameters()).fill_(float("nan"))
+        return torchslim.StepResult(model=model)
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def same_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def bare_engine(*plugins: tuple[object, str]) -> torchslim.Engine:
+    """An Engine with entry-point discovery off and only the given (plugin, name) pairs."""
+    engine = torchslim.Engine(discover=False)
+    for plugin, name in plugins:
+        engine.register(plugin, name=name)
+    return engine
