@@ -1,0 +1,109 @@
+"""The torchslim command: help everywhere, plugins table, run with a user's model, clean errors."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from torchslim.cli import build_parser
+
+TORCHSLIM = str(Path(sys.executable).parent / "torchslim")
+
+USER_MODULE = """
+import torch
+from torchslim.zoo import MLP
+from torchslim.data import digits_tensors
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def build():
+    torch.manual_seed(0)
+    return MLP((64, 32, 10))
+
+
+def data():
+    x_train, y_train, x_test, y_test = digits_tensors()
+    train = DataLoader(TensorDataset(x_train, y_train), batch_size=64, shuffle=False)
+    test = DataLoader(TensorDataset(x_test, y_test), batch_size=256)
+    return train, test
+
+
+def not_a_model():
+    return 42
+"""
+
+RECIPE = """
+steps:
+  - finetune: {method: sgd, epochs: 2, lr: 0.1}
+evaluate: [accuracy, params]
+"""
+
+
+def cli(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(cwd or "."))
+    return subprocess.run([TORCHSLIM, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "usermodels.py").write_text(textwrap.dedent(USER_MODULE))
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    return tmp_path
+
+
+@pytest.mark.parametrize("command", [[], ["plugins"], ["strategies"], ["run"], ["demo"]])
+def test_help_everywhere(command):
+    proc = cli(*command, "--help")
+    assert proc.returncode == 0 and "usage: torchslim" in proc.stdout
+
+
+def test_plugins_lists_builtins_with_distribution_and_version():
+    proc = cli("plugins", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {row["name"]: row for row in json.loads(proc.stdout)}
+    assert rows["sgd"]["stage"] == "finetune" and rows["sgd"]["distribution"] == "torchslim"
+    assert rows["sgd"]["version"] and rows["sgd"]["status"] == "loaded"
+    table = cli("plugins").stdout
+    assert "name" in table and "distribution" in table and "sgd" in table
+
+
+def test_run_writes_report_and_model(project):
+    proc = cli("run", "recipe.yaml", "--model", "usermodels:build", "--data", "usermodels:data",
+               "--out", "out", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert "baseline" in proc.stdout and "1 finetune/sgd" in proc.stdout
+    report = json.loads((project / "out" / "report.json").read_text())
+    assert report["steps"][0]["metrics"]["accuracy"] > report["baseline"]["accuracy"]
+    assert (project / "out" / "report.md").read_text().startswith("# torchslim report")
+    assert (project / "out" / "model" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "missing.yaml", "--model", "usermodels:build", "--out", "o"], "recipe file 'missing.yaml' does not exist"),
+        (["run", "recipe.yaml", "--model", "nosuchmodule:build", "--out", "o"], "cannot import module 'nosuchmodule'"),
+        (["run", "recipe.yaml", "--model", "usermodels", "--out", "o"], "must look like 'package.module:callable'"),
+        (["run", "recipe.yaml", "--model", "usermodels:not_a_model", "--out", "o"], "returned int, not a torch.nn.Module"),
+        (["run", "recipe.yaml", "--model", "usermodels:nope", "--out", "o"], "has no attribute 'nope'"),
+        (["run", "--model", "usermodels:build", "--out", "o"], "exactly one"),
+        (["run", "bad.yaml", "--model", "usermodels:build", "--out", "o"], "step 1 (finetune/sgd)"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(project, args, message):
+    (project / "bad.yaml").write_text("steps:\n  - finetune: {method: sgd, epochs: -1}\n")
+    proc = cli(*args, cwd=project)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("torchslim: error: ") and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_parser_has_every_command():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) >= {"plugins", "strategies", "run", "demo"}
