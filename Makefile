@@ -14,7 +14,7 @@ STAMP := $(VENV)/.torchslim-installed
 $(STAMP): pyproject.toml $(CONTRIB)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_CPU)
-	$(PIP) install -e ".[dev,onnx]"
+	$(PIP) install -e ".[dev,onnx,prune]"
 	for p in $(CONTRIB); do $(PIP) install "./$$(dirname $$p)" || exit 1; done
 	touch $@
 

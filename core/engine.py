@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from .batches import split_batch
+from .checkpoint import Checkpointer
 from .context import LossFn, MetricFn, RunContext
 from .errors import PluginError, RecipeError, StepError, TorchslimError
 from .instrument import Instrument
@@ -150,11 +152,14 @@ class Engine:
         metric_fn: MetricFn | None = None,
         seed: int = 0,
         device: str | torch.device | None = None,
+        out_dir: str | Path | None = None,
     ) -> RunResult:
         """Run ``recipe`` on a deep copy of ``model``; the caller's model is never changed.
 
         Evaluates the baseline, runs each step and evaluates after it. A plugin that raises stops the
         run with a :class:`StepError` naming the step and plugin, chained to the original exception.
+        With ``out_dir``, the model is checkpointed after every step and a rerun of the same recipe,
+        seed and model resumes after the last finished step, with the same final result.
         """
         if not isinstance(model, nn.Module):
             raise TorchslimError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -172,14 +177,24 @@ class Engine:
             recipe=recipe, evaluation=recipe.evaluation,
         )
         context.runner = lambda m, raw: self._run_nested(m, raw, context)
-        directions = {k: v for k, v in self.registry.directions().items()}
-        baseline = self._evaluate(working, recipe, context)
-        records: list[StepRecord] = []
+        directions = dict(self.registry.directions())
+        checkpointer = Checkpointer(out_dir, recipe, seed, model) if out_dir is not None else None
+        resumed = checkpointer.resume(copy.deepcopy(model).to(device)) if checkpointer else None
+        if resumed is not None:
+            working, baseline, records = resumed
+        else:
+            baseline = self._evaluate(working, recipe, context)
+            records = []
         for index, step in enumerate(recipe.steps, start=1):
+            if index <= len(records):
+                continue
+            _reseed_loader(train_data, seed + index)
             working, record = self._run_step(working, step, index, context)
             record.metrics = self._evaluate(working, recipe, context)
             records.append(record)
             log.info("step %d (%s) done in %.2fs", index, step.label, record.seconds)
+            if checkpointer is not None:
+                checkpointer.write(working, baseline, records)
         result = RunResult(model=working, recipe=recipe, baseline=baseline, steps=records,
                            directions=directions, seed=seed)
         result.constraints = check_constraints(recipe, baseline, result.final, directions)
@@ -192,8 +207,12 @@ class Engine:
         context.step_index = index
         torch.manual_seed(context.seed + index)
         model.train()
+        caller = self.registry.caller(step.stage, step.method)
         try:
-            result = self.registry.caller(step.stage, step.method)(model=model, step=step, context=context)
+            result = _call_with_timeout(lambda: caller(model=model, step=step, context=context), step.timeout)
+        except StepTimeout:
+            raise StepError(f"{where}: {owner} did not finish within timeout={step.timeout}s; "
+                            f"raise the step's timeout or check the plugin") from None
         except Exception as exc:
             raise StepError(f"{where} failed in {owner}: {type(exc).__name__}: {exc}") from exc
         if isinstance(result, nn.Module):
@@ -258,6 +277,42 @@ def check_constraints(recipe: Recipe, baseline: dict[str, float], final: dict[st
         rows.append({"constraint": f"max_ratio.{metric}", "limit": allowed, "value": ratio,
                      "met": ratio is not None and ratio <= allowed + 1e-12})
     return rows
+
+
+class StepTimeout(Exception):
+    """A step ran past its timeout."""
+
+
+def _call_with_timeout(call: Any, timeout: float | None) -> Any:
+    """Run ``call()``; with a timeout, in a daemon thread abandoned (with its copy) when it hangs."""
+    if timeout is None:
+        return call()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = call()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, name="torchslim-step", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise StepTimeout()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("result")
+
+
+def _reseed_loader(loader: Any, seed: int) -> None:
+    """Make a step's data order depend only on (seed, step), so resumed runs match uninterrupted ones."""
+    generator = getattr(loader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(seed)
+    sampler_gen = getattr(getattr(loader, "sampler", None), "generator", None)
+    if isinstance(sampler_gen, torch.Generator) and sampler_gen is not generator:
+        sampler_gen.manual_seed(seed)
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -57,6 +57,9 @@ class Step(_Strict):
     method: str
     options: Any = Field(default_factory=dict)
     targets: Targets = Field(default_factory=Targets)
+    timeout: float | None = Field(
+        None, gt=0, description="seconds the step may take before the run stops with an error"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -72,7 +75,10 @@ class Step(_Strict):
                     raise ValueError(f"stage {stage!r} names no 'method'")
                 method = body.pop("method")
                 targets = body.pop("targets", {})
-                return {"stage": stage, "method": method, "targets": targets, "options": body}
+                out = {"stage": stage, "method": method, "targets": targets, "options": body}
+                if "timeout" in body:
+                    out["timeout"] = body.pop("timeout")
+                return out
         return data
 
     @property
@@ -188,6 +194,8 @@ def step_to_dict(step: Step) -> dict[str, Any]:
     targets = step.targets.model_dump(exclude_defaults=True)
     if targets:
         body["targets"] = targets
+    if step.timeout is not None:
+        body["timeout"] = step.timeout
     return {step.stage: body}
 
 

@@ -113,3 +113,26 @@ def test_same_seed_gives_identical_results(engine):
 def test_non_module_is_rejected(engine):
     with pytest.raises(torchslim.TorchslimError, match="must be a torch.nn.Module"):
         engine.run("not a model", RECIPE)
+
+
+def test_hanging_plugin_stops_at_the_step_timeout(engine):
+    import threading
+
+    release = threading.Event()
+
+    class Hangs:
+        @torchslim.hookimpl
+        def accelerate(self, model, step, context):
+            release.wait(30)
+            return torchslim.StepResult(model=model)
+
+    engine.register(Hangs(), name="hangs")
+    model = tiny_model()
+    before = state_copy(model)
+    recipe = {"steps": [{"accelerate": {"method": "hangs", "timeout": 0.5}}], "evaluate": []}
+    try:
+        with pytest.raises(torchslim.StepError, match=r"step 1 \(accelerate/hangs\): plugin 'hangs' .* did not finish within timeout=0.5s"):
+            engine.run(model, recipe)
+    finally:
+        release.set()
+    assert same_state(before, state_copy(model))
