@@ -43,7 +43,7 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
 
 def to_device(value: Any, device: torch.device | str) -> Any:
     """Move a tensor, or the tensors inside tuples/lists/dicts, to ``device``."""
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, (torch.Tensor, nn.utils.rnn.PackedSequence)):
         return value.to(device)
     if isinstance(value, dict):
         return {k: to_device(v, device) for k, v in value.items()}

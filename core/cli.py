@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument("--recipe", help="run this recipe file instead of the built-in demo recipe")
     demo.add_argument("--out", metavar="DIR", help="also write the report and model here")
+    demo.add_argument("--target", metavar="METRIC=RATIO",
+                      help="search automatically for the demo methods' per-layer strengths that reach "
+                           "this target (e.g. macs=0.5) within 1 accuracy point")
     return parser
 
 
@@ -204,22 +207,44 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown strategy {args.strategy!r}")
     model = _build_model(args)
     data = _data_kwargs(args.data)
-    result = engine.run(model, recipe, seed=args.seed, device=args.device, **data)
+    result = engine.run(model, recipe, seed=args.seed, device=args.device, out_dir=Path(args.out), **data)
     print(result.table())
+    _print_plots(result)
     written = write_outputs(result, Path(args.out))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0 if result.constraints_met else EXIT_FAILED
 
 
+def _print_plots(result) -> None:
+    for path in (result.search or {}).get("plots", []):
+        print(f"plot: {path}")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    from .engine import Engine
+
+    engine = Engine()
     recipe = None
+    if args.recipe and args.target:
+        raise UsageError("give --recipe or --target, not both")
     if args.recipe:
         from .recipe import Recipe
 
         recipe = Recipe.from_file(args.recipe)
-    result = run_demo(seed=args.seed, epochs=args.epochs, recipe=recipe)
+    if args.target:
+        from .demo import search_recipe
+
+        metric, _, value = args.target.partition("=")
+        try:
+            ratio = float(value)
+        except ValueError:
+            raise UsageError(f"--target {args.target!r} must look like macs=0.5") from None
+        recipe = search_recipe(engine, metric.strip(), ratio)
+    result = run_demo(seed=args.seed, epochs=args.epochs, recipe=recipe, engine=engine,
+                      out_dir=Path(args.out) if args.out else None)
+    _print_plots(result)
     if args.out:
         written = write_outputs(result, Path(args.out))
         print("wrote " + ", ".join(str(p) for p in written))

@@ -35,6 +35,18 @@ def demo_recipe(engine: Engine) -> dict[str, Any]:
             "constraints": {"max_drop": {"accuracy": 0.02}} if "accuracy" in evaluate else {}}
 
 
+def search_recipe(engine: Engine, metric: str, ratio: float) -> dict[str, Any]:
+    """The demo recipe as an automatic search: meet ``metric <= ratio x baseline`` within 1 point."""
+    base = demo_recipe(engine)
+    methods = [s for s in base["steps"] if next(iter(s)) != "finetune"]
+    finetune = next((s for s in base["steps"] if next(iter(s)) == "finetune"), None)
+    return {
+        "name": f"demo-search-{metric}-{ratio}", "evaluate": base["evaluate"], "evaluation": base["evaluation"],
+        "constraints": {"max_drop": {"accuracy": 0.01}},
+        "search": {"target": {metric: ratio}, "methods": methods, "finetune": finetune, "calibration_batches": 2},
+    }
+
+
 def train_classifier(model: nn.Module, loader, epochs: int = 12, lr: float = 3e-3, seed: int = 0) -> nn.Module:
     """Train ``model`` with AdamW and cross-entropy; deterministic for a given seed on CPU."""
     torch.manual_seed(seed)
@@ -59,7 +71,7 @@ def trained_digits_model(seed: int = 0, epochs: int = 12) -> tuple[nn.Module, An
 
 
 def run_demo(seed: int = 0, epochs: int = 12, recipe: Any = None, engine: Engine | None = None,
-             echo=print) -> RunResult:
+             echo=print, out_dir: Any = None) -> RunResult:
     """Train the digits CNN, run the demo recipe (or ``recipe``) and print the report."""
     engine = engine or Engine()
     start = time.perf_counter()
@@ -68,7 +80,7 @@ def run_demo(seed: int = 0, epochs: int = 12, recipe: Any = None, engine: Engine
     echo(f"trained in {time.perf_counter() - start:.1f}s; running the recipe ...")
     recipe = recipe if recipe is not None else demo_recipe(engine)
     result = engine.run(model, recipe, train_data=train, eval_data=test,
-                        example_inputs=(next(iter(test))[0][:1],), seed=seed)
+                        example_inputs=(next(iter(test))[0][:1],), seed=seed, out_dir=out_dir)
     echo(result.table())
     echo(f"total {time.perf_counter() - start:.1f}s")
     return result

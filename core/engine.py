@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -87,6 +88,16 @@ class Engine:
                 step.options = self._validate_options(step, where)
             except (RecipeError, PluginError) as exc:
                 problems.append(str(exc) if str(exc).startswith(where) else f"{where}: {exc}")
+        if recipe.search is not None:
+            steps = [(f"search.methods[{i + 1}]", s) for i, s in enumerate(recipe.search.methods)]
+            if recipe.search.finetune is not None:
+                steps.append(("search.finetune", recipe.search.finetune))
+            for label, step in steps:
+                where = f"{label} ({step.label})"
+                try:
+                    step.options = self._validate_options(step, where)
+                except (RecipeError, PluginError) as exc:
+                    problems.append(str(exc) if str(exc).startswith(where) else f"{where}: {exc}")
         for name in recipe.evaluate:
             try:
                 self.registry.get("evaluate", name)
@@ -188,15 +199,27 @@ class Engine:
         for index, step in enumerate(recipe.steps, start=1):
             if index <= len(records):
                 continue
-            _reseed_loader(train_data, seed + index)
-            working, record = self._run_step(working, step, index, context)
+            with _reseeded_loader(train_data, seed + index):
+                working, record = self._run_step(working, step, index, context)
             record.metrics = self._evaluate(working, recipe, context)
             records.append(record)
             log.info("step %d (%s) done in %.2fs", index, step.label, record.seconds)
             if checkpointer is not None:
                 checkpointer.write(working, baseline, records)
+        search_summary = None
+        if recipe.search is not None:
+            from .search import Searcher
+
+            searcher = Searcher(self, recipe.search, context, list(recipe.evaluate),
+                                Path(out_dir) if out_dir is not None else None)
+            working, found, search_summary = searcher.run(
+                working, records[-1].metrics if records else baseline,
+                evaluate=lambda m: self._evaluate(m, recipe, context))
+            for offset, record in enumerate(found, start=len(records) + 1):
+                record.index = offset
+            records += found
         result = RunResult(model=working, recipe=recipe, baseline=baseline, steps=records,
-                           directions=directions, seed=seed)
+                           directions=directions, seed=seed, search=search_summary)
         result.constraints = check_constraints(recipe, baseline, result.final, directions)
         return result
 
@@ -305,14 +328,24 @@ def _call_with_timeout(call: Any, timeout: float | None) -> Any:
     return outcome.get("result")
 
 
-def _reseed_loader(loader: Any, seed: int) -> None:
-    """Make a step's data order depend only on (seed, step), so resumed runs match uninterrupted ones."""
-    generator = getattr(loader, "generator", None)
-    if isinstance(generator, torch.Generator):
-        generator.manual_seed(seed)
-    sampler_gen = getattr(getattr(loader, "sampler", None), "generator", None)
-    if isinstance(sampler_gen, torch.Generator) and sampler_gen is not generator:
-        sampler_gen.manual_seed(seed)
+@contextlib.contextmanager
+def _reseeded_loader(loader: Any, seed: int) -> Iterator[None]:
+    """Make a step's data order depend only on (seed, step), so resumed runs match uninterrupted ones.
+
+    The loader's own generators are restored afterwards: the user's objects are left as they were.
+    """
+    generators = []
+    for holder in (loader, getattr(loader, "sampler", None)):
+        gen = getattr(holder, "generator", None)
+        if isinstance(gen, torch.Generator) and all(gen is not g for g, _ in generators):
+            generators.append((gen, gen.get_state()))
+    for gen, _ in generators:
+        gen.manual_seed(seed)
+    try:
+        yield
+    finally:
+        for gen, state in generators:
+            gen.set_state(state)
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -144,10 +144,21 @@ def _run(model: nn.Module, inputs: Any, purpose: str) -> Any:
         ) from exc
 
 
+def _to_device(value: Any, device: torch.device) -> Any:
+    # PackedSequence is a namedtuple that cannot be rebuilt element-wise; it moves itself.
+    if isinstance(value, nn.utils.rnn.PackedSequence):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_device(v, device) for v in value)
+    return to_device(value, device)
+
+
 def _prepare(model: nn.Module, example_inputs: Any) -> Any:
     inputs = _as_call(example_inputs)
     device = _model_device(model)
-    return to_device(inputs, device) if device is not None else inputs
+    return _to_device(inputs, device) if device is not None else inputs
 
 
 # --------------------------------------------------------------------------- MACs

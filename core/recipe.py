@@ -123,6 +123,55 @@ class Evaluation(_Strict):
     max_eval_batches: int | None = Field(None, ge=1, description="cap on eval batches (default: all)")
 
 
+TARGET_ALIASES = {"size": "size_bytes", "latency": "latency_ms"}
+SEARCH_TARGETS = ("macs", "params", "nonzeros", "size_bytes", "latency_ms")
+
+
+class Search(_Strict):
+    """Automatic strategy search: meet ``target`` at the least predicted loss, then fine-tune and check.
+
+    ``methods`` are step templates whose strength knob (the ``Options`` field marked
+    ``json_schema_extra={"strength": True}``) the search sets per layer.
+    """
+
+    target: dict[str, float] = Field(
+        description="one metric and its wanted final/baseline ratio, e.g. {macs: 0.5}; metrics: macs, "
+                    "params, nonzeros, size (size_bytes), latency (latency_ms)"
+    )
+    methods: list[Step] = Field(min_length=1, description="step templates to allocate per layer")
+    grid: list[float] | None = Field(None, description="strengths tried per layer (default: 8 across the knob)")
+    calibration_batches: int = Field(4, ge=1, description="eval batches used to score each layer's sensitivity")
+    metric: str | None = Field(None, description="metric scored for sensitivity (default: the first max_drop metric)")
+    finetune: Step | None = Field(None, description="fine-tuning step run after each allocation")
+    retries: int = Field(2, ge=0, le=10, description="extra attempts when a constraint fails")
+    backoff: Literal["target", "finetune", "both"] = Field(
+        "target", description="on failure: weaken the target, fine-tune longer, or both"
+    )
+    backoff_factor: float = Field(0.5, gt=0, lt=1, description="weaker target = t + (1 - t) * factor")
+    cache_dir: str | None = Field(None, description="sensitivity cache folder (default: ~/.cache/torchslim)")
+    plot: bool = Field(True, description="write sensitivity and attempt plots when matplotlib is installed")
+
+    @field_validator("target")
+    @classmethod
+    def _one_target(cls, value: dict[str, float]) -> dict[str, float]:
+        if len(value) != 1:
+            raise ValueError(f"give exactly one target metric, got {sorted(value) or 'none'}")
+        (name, ratio), = value.items()
+        name = TARGET_ALIASES.get(name, name)
+        if name not in SEARCH_TARGETS:
+            raise ValueError(f"target {name!r} is not one of macs, params, nonzeros, size, latency")
+        if not 0 < ratio <= 1:
+            raise ValueError(f"target {name}={ratio} must be in (0, 1]")
+        return {name: ratio}
+
+    @field_validator("grid")
+    @classmethod
+    def _sorted_grid(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and not value:
+            raise ValueError("grid must not be empty")
+        return sorted(set(value)) if value else value
+
+
 class Recipe(_Strict):
     """A whole run: ordered steps, the evaluators to run, and constraints on the result."""
 
@@ -132,6 +181,7 @@ class Recipe(_Strict):
     evaluate: list[str] = Field(default_factory=lambda: list(DEFAULT_EVALUATORS))
     evaluation: Evaluation = Field(default_factory=Evaluation)
     constraints: Constraints = Field(default_factory=Constraints)
+    search: Search | None = None
     seed: int | None = None
 
     @classmethod
@@ -180,8 +230,15 @@ class Recipe(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as a plain, JSON-serialisable dictionary in the shorthand step form."""
-        data = self.model_dump(mode="json", exclude={"steps"})
+        data = self.model_dump(mode="json", exclude={"steps", "search"})
         data["steps"] = [step_to_dict(step) for step in self.steps]
+        if self.search is not None:
+            search = self.search.model_dump(mode="json", exclude={"methods", "finetune"}, exclude_defaults=True)
+            search["target"] = self.search.target
+            search["methods"] = [step_to_dict(step) for step in self.search.methods]
+            if self.search.finetune is not None:
+                search["finetune"] = step_to_dict(self.search.finetune)
+            data["search"] = search
         return data
 
 

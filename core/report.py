@@ -51,6 +51,11 @@ def run_table(result: "RunResult", tablefmt: str = "simple") -> str:
             for c in result.constraints
         ]
         text += "\n\nconstraints:\n" + "\n".join(lines)
+    if result.search:
+        rows = [{k: v for k, v in a.items() if k not in ("layers", "finetune")} for a in result.search["attempts"]]
+        verdict = "met" if result.search["met"] else "NOT met"
+        text += (f"\n\nsearch ({result.search['target_metric']} <= {result.search['target']}, {verdict}; "
+                 f"{result.search['seconds']:.1f}s):\n" + rows_table(rows, tablefmt=tablefmt))
     return text
 
 

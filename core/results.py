@@ -50,6 +50,7 @@ class RunResult:
     directions: dict[str, str] = field(default_factory=dict)
     constraints: list[dict[str, Any]] = field(default_factory=list)
     seed: int = 0
+    search: dict[str, Any] | None = None
 
     @property
     def metrics(self) -> dict[str, dict[str, float]]:
@@ -66,8 +67,8 @@ class RunResult:
 
     @property
     def constraints_met(self) -> bool:
-        """True when every recipe constraint holds for the final model."""
-        return all(c["met"] for c in self.constraints)
+        """True when every recipe constraint (and a search's target, if any) holds for the final model."""
+        return all(c["met"] for c in self.constraints) and (self.search is None or self.search["target_met"])
 
     def table(self, tablefmt: str = "simple") -> str:
         """The before/after table of every stage, as text (tabulate)."""
@@ -99,6 +100,7 @@ class RunResult:
             ],
             "constraints": self.constraints,
             "constraints_met": self.constraints_met,
+            "search": self.search,
         }
 
     def to_json(self, indent: int = 2) -> str:

@@ -137,28 +137,36 @@ def first_sentence(doc: str | None, link: Callable[[str], str | None] = lambda n
 
 
 # ---------------------------------------------------------------------------------- pydantic fields
-def type_name(annotation: Any) -> str:
-    """A short, readable name of a type annotation (``int | None``, ``list[str]``, ``"a" | "b"``)."""
+def type_parts(annotation: Any) -> list[str]:
+    """Readable names of a type annotation's alternatives (``int | None`` gives ``["int", "null"]``)."""
     if annotation is type(None) or annotation is None:
-        return "null"
+        return ["null"]
     if annotation is Any:
-        return "any"
+        return ["any"]
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Literal:
-        return " | ".join(json.dumps(a) for a in args)
+        return [json.dumps(a) for a in args]
     if origin is typing.Union or origin is types.UnionType:
-        return " | ".join(type_name(a) for a in args)
+        return [part for a in args for part in type_parts(a)]
     if origin is typing.Annotated:
-        return type_name(args[0])
+        return type_parts(args[0])
     if origin is not None:
         base = getattr(origin, "__name__", str(origin))
-        return f"{base}[{', '.join(type_name(a) for a in args)}]" if args else base
+        return [f"{base}[{', '.join(type_name(a) for a in args)}]" if args else base]
     if inspect.isclass(annotation) and issubclass(annotation, enum.Enum):
-        return " | ".join(json.dumps(m.value) for m in annotation)
+        return [json.dumps(m.value) for m in annotation]
     if inspect.isclass(annotation):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
+        return [annotation.__name__]
+    return [str(annotation).replace("typing.", "")]
+
+
+def type_name(annotation: Any) -> str:
+    """A short, readable name of a type annotation (``int or null``, ``list[str]``).
+
+    Alternatives are joined with "or", not "|", which would split a Markdown table cell.
+    """
+    return " or ".join(type_parts(annotation))
 
 
 def yaml_value(value: Any) -> str:
@@ -216,7 +224,7 @@ def field_table(model: type, *, strength: bool = False) -> str:
         if strength and is_strength(field):
             description = "**strength knob** (the automatic search varies it). " + description
         rows.append(
-            f"| `{shown}` | `{_cell(type_name(field.annotation))}` | {_cell(default_text(field))} "
+            f"| `{shown}` | {' or '.join(f'`{p}`' for p in type_parts(field.annotation))} | {_cell(default_text(field))} "
             f"| {_cell(constraints(field))} | {_cell(description)} |"
         )
     return "\n".join(rows) + "\n"
@@ -248,11 +256,12 @@ def _clean_plugin_env() -> Iterator[None]:
         os.environ.update(saved)
 
 
-def documented_plugins(repo: Path = REPO) -> list[Any]:
+def documented_plugins(repo: Path = REPO, *, with_strategies: bool = False) -> Any:
     """The loaded plugins (``PluginInfo``) of torchslim and the contrib packages, sorted by stage and name.
 
-    Raises ``RuntimeError`` when one of them fails to load or a contrib package is not installed, so
-    the generated page never silently loses a method.
+    With ``with_strategies``, returns ``(plugins, strategies)``, the strategies those plugins register
+    sorted by name. Raises ``RuntimeError`` when one of the plugins fails to load or a contrib package
+    is not installed, so the generated page never silently loses a method.
     """
     import torchslim
 
@@ -272,7 +281,20 @@ def documented_plugins(repo: Path = REPO) -> list[Any]:
         raise RuntimeError("plugins failed to load, so their options cannot be documented:\n  "
                            + "\n  ".join(info.error or f"{info.name}: {info.status}" for info in broken))
     order = {stage: i for i, stage in enumerate(("compress", "accelerate", "finetune", "evaluate"))}
-    return sorted(ours, key=lambda info: (min((order.get(s, 9) for s in info.stages), default=9), info.name))
+    ours = sorted(ours, key=lambda info: (min((order.get(s, 9) for s in info.stages), default=9), info.name))
+    if not with_strategies:
+        return ours
+    names = {info.name for info in ours}
+    strategies = sorted((s for s in registry.strategies.values() if s.owner in names), key=lambda s: s.name)
+    return ours, strategies
+
+
+def recipe_yaml(recipe: Any) -> str:
+    """A strategy's recipe as YAML, steps in the shorthand form."""
+    import yaml
+
+    data = recipe.to_dict() if hasattr(recipe, "to_dict") else dict(recipe)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
 
 
 # ---------------------------------------------------------------------------------- recipes.md
@@ -281,12 +303,23 @@ def _stage_of(info: Any) -> str:
     return stages[0] if stages else ("evaluate" if "evaluate" in info.stages else "")
 
 
+def recipe_models() -> list[type]:
+    """The public pydantic models of ``core/recipe.py``: ``Recipe`` first, then the rest in source order."""
+    from pydantic import BaseModel
+
+    from torchslim import recipe as recipe_module
+
+    models = [obj for name, obj in vars(recipe_module).items()
+              if inspect.isclass(obj) and issubclass(obj, BaseModel) and not name.startswith("_")
+              and obj.__module__ == recipe_module.__name__]
+    return sorted(models, key=lambda model: model.__name__ != "Recipe")
+
+
 def generate_recipes(repo: Path = REPO) -> str:
     """The recipe reference: the recipe models, then every method's options and every evaluator."""
     from torchslim import recipe as recipe_module
-    from torchslim.recipe import Constraints, Evaluation, Recipe, Step, Targets
 
-    plugins = documented_plugins(repo)
+    plugins, strategies = documented_plugins(repo, with_strategies=True)
     methods = [p for p in plugins if _stage_of(p) in ("compress", "accelerate", "finetune")]
     evaluators = [p for p in plugins if _stage_of(p) == "evaluate"]
 
@@ -295,10 +328,12 @@ def generate_recipes(repo: Path = REPO) -> str:
     out.append("A recipe is validated as a whole before any work starts: every step's method must be "
                "installed and its options must pass the method's `Options` model below. "
                "Every model refuses unknown fields.\n\n")
-    for model in (Recipe, Step, Targets, Constraints, Evaluation):
+    for model in recipe_models():
         out += [f"## {model.__name__}\n\n", rst_to_md(model.__doc__), "\n", field_table(model), "\n"]
-    out.append("`Step` is written in the shorthand form `{STAGE: {method: NAME, targets: {...}, OPTION: VALUE, ...}}`; "
-               "everything except `method` and `targets` goes to the method's `Options` model.\n\n")
+        if model.__name__ == "Step":
+            out.append("In a recipe a step is written in the shorthand form "
+                       "`{STAGE: {method: NAME, targets: {...}, OPTION: VALUE, ...}}`; everything except "
+                       "`method` and `targets` goes to the method's `Options` model.\n\n")
 
     out.append("## Methods\n\n")
     out.append("Each method is a plugin; its stage is the hook it implements. The *strength knob* is the "
@@ -329,7 +364,23 @@ def generate_recipes(repo: Path = REPO) -> str:
             out.append("This method takes no options.\n\n")
         else:
             out += [field_table(options, strength=True), "\n"]
-        out.append(f"```yaml\n- {stage}: {{method: {info.name}}}\n```\n\n")
+        example = f"method: {info.name}"
+        for name, field in (options.model_fields.items() if options is not None else ()):
+            if is_strength(field) and not field.is_required():
+                example += f", {field.alias or name}: {yaml_value(field.get_default(call_default_factory=True))}"
+        out.append(f"```yaml\nsteps:\n  - {stage}: {{{example}}}\n```\n\n")
+
+    out.append("## Strategies\n\n")
+    out.append("Strategies are named recipes that plugins register (see "
+               "[`register_strategies`](hooks.md#register_strategies)). Run one with "
+               "`Engine().run(model, NAME, ...)` or `torchslim run --strategy NAME`; "
+               "`torchslim strategies` lists those installed.\n\n")
+    for strategy in strategies:
+        out.append(f"### {strategy.name}\n\n")
+        if strategy.description:
+            out.append(f"{strategy.description[0].upper()}{strategy.description[1:].rstrip('.')}. ")
+        out.append(f"From distribution `{strategy.distribution}` (plugin `{strategy.owner}`).\n\n")
+        out.append(f"```yaml\n{recipe_yaml(strategy.recipe).rstrip()}\n```\n\n")
 
     out.append("## Evaluators\n\n")
     out.append("Name them in the recipe's `evaluate` list. Each declares which metrics it returns and whether "
@@ -355,7 +406,7 @@ def hook_functions() -> list[tuple[str, Callable[..., Any], dict[str, Any]]]:
 def _annotation(text: Any) -> str:
     if text is inspect.Parameter.empty or text is inspect.Signature.empty:
         return ""
-    text = text if isinstance(text, str) else type_name(text)
+    text = text if isinstance(text, str) else inspect.formatannotation(text)
     return text.strip("'\"")
 
 
@@ -450,8 +501,6 @@ def generate_cli() -> str:
             for name, sub in subcommands(current):
                 command = f"{prefix} {name}"
                 out.append(f"{'#' * level} {command}\n\n")
-                if sub.description:
-                    out.append(" ".join(sub.description.split()) + "\n\n")
                 out.append(f"```text\n$ {command} --help\n{sub.format_help().rstrip()}\n```\n\n")
                 walk(command, sub, min(level + 1, 4))
 

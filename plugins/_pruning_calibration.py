@@ -7,7 +7,8 @@ layout of the weight's columns (``F.unfold`` order ``(channel, kh, kw)`` for con
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import torch
@@ -65,15 +66,51 @@ def _conv_columns(module: nn.Conv1d | nn.Conv2d, x: torch.Tensor) -> torch.Tenso
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
+@dataclass
+class Trace:
+    """What one calibration forward pass showed about the hooked layers.
+
+    ``order``: module ids in the order they were first called; ``group``: per module id, the index of
+    its run of consecutive layers fed the very same input tensor (attention's q/k/v projections);
+    ``calls``: how often each module ran in the first batch.
+    """
+
+    order: list[int] = field(default_factory=list)
+    group: dict[int, int] = field(default_factory=dict)
+    calls: dict[int, int] = field(default_factory=dict)
+    refs: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    def see(self, key: int, x: torch.Tensor) -> None:
+        """Record the first call of module ``key`` with input ``x``."""
+        if key in self.calls:
+            self.calls[key] += 1
+            return
+        previous = self.order[-1] if self.order else None
+        # a weak reference, so an input freed and a new one allocated at its address never match
+        same = previous is not None and self.refs[previous]() is x
+        self.group[key] = self.group[previous] if same else len(set(self.group.values()))
+        self.order.append(key)
+        self.refs[key] = weakref.ref(x)
+        self.calls[key] = 1
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a calibration forward pass once the layers of interest have run."""
+
+
 class _Recorder:
-    def __init__(self, module: nn.Module, gram: bool) -> None:
+    def __init__(self, module: nn.Module, gram: bool, trace: Trace) -> None:
         self.module = module
         self.want_gram = gram and gram_supported(module)
         self.stats: InputStats | None = None
+        self.trace = trace
+        self.batch = 0
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if not args or not isinstance(args[0], torch.Tensor):
             return
+        if self.batch == 0:
+            self.trace.see(id(module), args[0])
         x = args[0].detach()
         if isinstance(module, nn.Linear):
             flat = x.reshape(-1, x.shape[-1]).float()
@@ -94,29 +131,59 @@ class _Recorder:
             self.stats.rows += flat.shape[0] if flat is not None else 0
 
 
+class _Stopper:
+    """Forward hook that ends the pass once every watched module has run ``expected`` times."""
+
+    def __init__(self, expected: dict[int, int]) -> None:
+        self.expected = expected
+        self.seen: dict[int, int] = {}
+
+    def reset(self) -> None:
+        self.seen = {}
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        self.seen[id(module)] = self.seen.get(id(module), 0) + 1
+        if all(self.seen.get(k, 0) >= n for k, n in self.expected.items()):
+            raise _StopForward
+
+
 def collect_input_stats(
     model: nn.Module,
     modules: Sequence[nn.Module],
     batches: Iterable[Any],
     *,
     gram: bool = False,
-) -> dict[int, InputStats]:
-    """Run ``model`` on ``batches`` (inputs only) and return ``{id(module): InputStats}``.
+    stop_after: dict[int, int] | None = None,
+) -> tuple[dict[int, InputStats], Trace]:
+    """Run ``model`` on ``batches`` (inputs only); return ``({id(module): InputStats}, Trace)``.
 
     Only modules of :data:`SUPPORTED` types are hooked; a module never called in the forward pass is
-    absent from the result. The model runs in eval mode without gradients; its mode is restored.
+    absent from the result. ``stop_after`` (``{id(module): calls per batch}``) ends each forward pass
+    as soon as those modules have run, skipping the rest of the model. The model runs in eval mode
+    without gradients; its mode is restored.
     """
-    recorders = {id(m): _Recorder(m, gram) for m in modules if isinstance(m, SUPPORTED)}
+    trace = Trace()
+    recorders = {id(m): _Recorder(m, gram, trace) for m in modules if isinstance(m, SUPPORTED)}
     unique = {id(m): m for m in modules if id(m) in recorders}
     handles = [m.register_forward_pre_hook(recorders[key]) for key, m in unique.items()]
+    stopper = _Stopper(stop_after) if stop_after else None
+    if stopper is not None:
+        handles += [m.register_forward_hook(stopper) for key, m in unique.items() if key in stop_after]
     was_training = model.training
     model.eval()
     count = 0
     try:
         with torch.no_grad():
             for inputs in batches:
-                call_model(model, inputs)
+                if stopper is not None:
+                    stopper.reset()
+                try:
+                    call_model(model, inputs)
+                except _StopForward:
+                    pass
                 count += 1
+                for rec in recorders.values():
+                    rec.batch = count
     finally:
         for handle in handles:
             handle.remove()
@@ -126,7 +193,7 @@ def collect_input_stats(
             "criterion 'activation' and reconstruct need calibration batches, but none were available; "
             "pass train_data (or example_inputs) to Engine.run"
         )
-    return {key: rec.stats for key, rec in recorders.items() if rec.stats is not None}
+    return {key: rec.stats for key, rec in recorders.items() if rec.stats is not None}, trace
 
 
 def merge_stats(stats: Sequence[InputStats]) -> InputStats | None:

@@ -12,6 +12,37 @@ from typing import Sequence
 import torch
 
 
+def kth_smallest(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """The exact ``k``-th smallest value (1-based) of a 1-D tensor.
+
+    For large tensors a random sample brackets the answer first, so only the few values inside the
+    bracket go through ``kthvalue``; the result is the same as ``flat.kthvalue(k)``, only faster.
+    """
+    n = flat.numel()
+    if n <= 1 << 20:
+        return flat.kthvalue(k).values
+    gen = torch.Generator(device=flat.device).manual_seed(n + k)
+    size = 1 << 16
+    sample = flat[torch.randint(n, (size,), generator=gen, device=flat.device)].sort().values
+    q = k / n
+    margin = 6 * math.sqrt(max(q * (1 - q), 1.0 / n) / size) + 2.0 / size
+    lo_idx, hi_idx = math.floor((q - margin) * size), math.ceil((q + margin) * size)
+    low = sample[lo_idx] if lo_idx >= 0 else None
+    high = sample[hi_idx] if hi_idx < size else None
+    inside = torch.ones_like(flat, dtype=torch.bool)
+    below = 0
+    if low is not None:
+        under = flat < low
+        below = int(torch.count_nonzero(under))
+        inside &= ~under
+    if high is not None:
+        inside &= flat <= high
+    candidates = flat[inside]
+    if below < k <= below + candidates.numel():
+        return candidates.kthvalue(k - below).values
+    return flat.kthvalue(k).values  # the sample missed (vanishingly rare): exact fallback
+
+
 def prune_lowest(scores: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
     """Keep-mask of a ``[G, n]`` score matrix pruning exactly ``k`` lowest entries of every row.
 
@@ -22,9 +53,17 @@ def prune_lowest(scores: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
     k = torch.as_tensor(k, dtype=torch.long).expand(groups).clamp(0, n)
     if n == 0 or int(k.max()) == 0:
         return torch.ones_like(scores, dtype=torch.bool)
-    if bool((k == k[0]).all()):
+    if groups == 1:
+        flat = scores[0]
         kk = int(k[0])
-        cut = scores.kthvalue(kk, dim=1, keepdim=True).values
+        cut = kth_smallest(flat, kk)
+        prune = flat < cut
+        need = kk - int(torch.count_nonzero(prune))
+        if need > 0:
+            prune[(flat == cut).nonzero().squeeze(1)[:need]] = True
+        return (~prune).unsqueeze(0)
+    if bool((k == k[0]).all()):
+        cut = scores.kthvalue(int(k[0]), dim=1, keepdim=True).values
     else:  # rows need different counts: sort once, read the cut of each row
         ordered = scores.sort(dim=1).values
         cut = ordered.gather(1, (k - 1).clamp_min(0).unsqueeze(1))
@@ -36,14 +75,18 @@ def prune_lowest(scores: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
     return ~prune
 
 
-def _count_bounds(sizes: Sequence[int], lo: float, hi: float) -> tuple[list[int], list[int]]:
-    low = [min(n, math.ceil(lo * n - 1e-9)) for n in sizes]
-    high = [max(a, math.floor(hi * n + 1e-9)) for a, n in zip(low, sizes)]
+def _count_bounds(sizes: Sequence[int], lo: float, hi: float,
+                  keep_one: bool = False) -> tuple[list[int], list[int]]:
+    """Per-tensor ``(lowest, highest)`` prune counts; ``keep_one`` leaves at least one entry."""
+    high = [math.floor(hi * n + 1e-9) for n in sizes]
+    if keep_one:
+        high = [min(h, max(n - 1, 0)) for h, n in zip(high, sizes)]
+    low = [min(math.ceil(lo * n - 1e-9), h) for n, h in zip(sizes, high)]
     return low, high
 
 
 def global_lowest(scores: Sequence[torch.Tensor], fraction: float, lo: float = 0.0,
-                  hi: float = 1.0) -> tuple[list[torch.Tensor], bool]:
+                  hi: float = 1.0, keep_one: bool = False) -> tuple[list[torch.Tensor], bool]:
     """Keep-masks (flat) pruning ``round(fraction * total)`` lowest scores across all tensors.
 
     Every tensor keeps its pruned fraction within ``[lo, hi]``: tensors that would fall outside are held
@@ -55,7 +98,7 @@ def global_lowest(scores: Sequence[torch.Tensor], fraction: float, lo: float = 0
     sizes = [f.numel() for f in flats]
     total = sum(sizes)
     want = round(fraction * total)
-    low, high = _count_bounds(sizes, lo, hi)
+    low, high = _count_bounds(sizes, lo, hi, keep_one)
     fixed: dict[int, int] = {}
     free = list(range(len(flats)))
     free_masks: list[torch.Tensor] = []
@@ -65,7 +108,7 @@ def global_lowest(scores: Sequence[torch.Tensor], fraction: float, lo: float = 0
         cat = torch.cat([flats[i] for i in free]) if len(free) > 1 else flats[free[0]]
         keep = prune_lowest(cat.unsqueeze(0), max(0, min(budget, capacity)))[0]
         free_masks = list(torch.split(keep, [sizes[i] for i in free]))
-        counts = [sizes[i] - int(m.sum()) for i, m in zip(free, free_masks)]
+        counts = [sizes[i] - int(torch.count_nonzero(m)) for i, m in zip(free, free_masks)]
         over = [(i, c - high[i]) for i, c in zip(free, counts) if c > high[i]]
         under = [(i, low[i] - c) for i, c in zip(free, counts) if c < low[i]]
         if not over and not under:
@@ -82,24 +125,29 @@ def global_lowest(scores: Sequence[torch.Tensor], fraction: float, lo: float = 0
         masks[i] = m
     for i, count in fixed.items():
         masks[i] = prune_lowest(flats[i].unsqueeze(0), count)[0]
-    pruned = sum(sizes[i] - int(m.sum()) for i, m in enumerate(masks))
+    pruned = sum(sizes[i] - int(torch.count_nonzero(m)) for i, m in enumerate(masks))
     return [m for m in masks], pruned == want
 
 
-def layer_lowest(scores: torch.Tensor, fraction: float, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
-    """Keep-mask pruning ``fraction`` (clamped to ``[lo, hi]``) of one tensor's lowest scores."""
+def layer_lowest(scores: torch.Tensor, fraction: float, lo: float = 0.0, hi: float = 1.0,
+                            keep_one: bool = False) -> torch.Tensor:
+    """Keep-mask pruning ``fraction`` (clamped to ``[lo, hi]``) of one tensor's lowest scores.
+
+    ``keep_one`` leaves at least one entry (for a fraction below 1 that rounds up to everything).
+    """
     flat = scores.reshape(1, -1)
     n = flat.shape[1]
-    low, high = _count_bounds([n], lo, hi)
+    low, high = _count_bounds([n], lo, hi, keep_one)
     k = min(max(round(fraction * n), low[0]), high[0])
     return prune_lowest(flat, k).reshape(scores.shape)
 
 
-def row_lowest(scores: torch.Tensor, fraction: float, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
+def row_lowest(scores: torch.Tensor, fraction: float, lo: float = 0.0, hi: float = 1.0,
+                          keep_one: bool = False) -> torch.Tensor:
     """Keep-mask pruning ``fraction`` of every output row (dim 0) separately, as Wanda compares."""
     rows = scores.reshape(scores.shape[0], -1) if scores.dim() > 1 else scores.reshape(1, -1)
     n = rows.shape[1]
-    low, high = _count_bounds([n], lo, hi)
+    low, high = _count_bounds([n], lo, hi, keep_one)
     k = min(max(round(fraction * n), low[0]), high[0])
     return prune_lowest(rows, k).reshape(scores.shape)
 
@@ -109,7 +157,7 @@ def threshold_mask(scores: torch.Tensor, threshold: float, lo: float = 0.0, hi: 
     keep = scores >= threshold
     n = scores.numel()
     low, high = _count_bounds([n], lo, hi)
-    pruned = n - int(keep.sum())
+    pruned = n - int(torch.count_nonzero(keep))
     if low[0] <= pruned <= high[0]:
         return keep
     k = min(max(pruned, low[0]), high[0])

@@ -6,7 +6,7 @@ import time
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.nn.utils import parametrize
@@ -20,7 +20,17 @@ from torchslim.measure import (
     module_input_shapes,
     rnn_macs,
 )
+from torchslim.lowrank import ChannelLowRankConv, LowRankLinear, SpatialLowRankConv2d
 from torchslim.zoo import MLP, DigitsCNN
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Run on one thread: on a small shared CI machine, OpenMP spin-waiting makes 2 threads ~20x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _seeded(factory):
@@ -113,16 +123,38 @@ HAND_COUNTS = {
     "GRUCell(4, 8), x 2x4": (lambda: nn.GRUCell(4, 8), (torch.randn(2, 4),), 2 * 3 * 8 * (4 + 8)),
     "LSTM(8, 16) + Linear(16, 10) digits rows, x 2x1x8x8": (
         DigitsLSTM, (torch.randn(2, 1, 8, 8),), 2 * 8 * 4 * 16 * (8 + 16) + 2 * 16 * 10),
+    # Low-rank factor modules: the sum of their two factors
+    "LowRankLinear(20, 30, rank=4), x 4x20": (
+        lambda: LowRankLinear(20, 30, rank=4), (torch.randn(4, 20),), 4 * 20 * 4 + 4 * 4 * 30),
+    "ChannelLowRankConv(8, 16, 3, rank=4, padding=1), x 1x8x6x6": (
+        lambda: ChannelLowRankConv(8, 16, 3, rank=4, padding=1), (torch.randn(1, 8, 6, 6),),
+        4 * 36 * 8 * 9 + 16 * 36 * 4),
+    "ChannelLowRankConv(8, 6, 3, rank=2, groups=2, dims=1), x 2x8x10": (
+        lambda: ChannelLowRankConv(8, 6, 3, rank=2, groups=2, dims=1), (torch.randn(2, 8, 10),),
+        2 * 4 * 8 * 4 * 3 + 2 * 6 * 8 * 2),
+    "SpatialLowRankConv2d(4, 8, 3, rank=3, padding=1), x 1x4x6x6": (
+        lambda: SpatialLowRankConv2d(4, 8, 3, rank=3, padding=1), (torch.randn(1, 4, 6, 6),),
+        3 * 36 * 4 * 3 + 8 * 36 * 3 * 3),
     # Not MACs by convention: lookups, normalisation
     "Embedding(10, 3), 4 ids": (lambda: nn.Embedding(10, 3), (torch.tensor([1, 2, 3, 4]),), 0),
     "BatchNorm2d(3), x 1x3x4x4": (lambda: nn.BatchNorm2d(3), (torch.randn(1, 3, 4, 4),), 0),
 }
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 @pytest.mark.parametrize("case", list(HAND_COUNTS))
 def test_count_macs_matches_hand_count(case):
     factory, inputs, expected = HAND_COUNTS[case]
     assert count_macs(_seeded(factory), inputs) == expected
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.filterwarnings("ignore:LSTM with projections")
+@pytest.mark.parametrize("case", list(HAND_COUNTS))
+def test_count_macs_matches_hand_count_on_cuda(case):
+    # On CUDA recurrent modules run as cuDNN kernels and attention as fused SDPA kernels.
+    factory, inputs, expected = HAND_COUNTS[case]
+    assert count_macs(_seeded(factory).cuda(), inputs) == expected
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
@@ -152,9 +184,10 @@ def test_rnn_formula_is_what_weights_hold():
     batch=st.integers(1, 2),
 )
 def test_conv2d_macs_match_formula(cin_g, cout_g, groups, kernel, stride, dilation, padding, size, batch):
+    out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    assume(size + 2 * padding >= dilation * (kernel - 1) + 1)  # the kernel fits the padded input
     conv = nn.Conv2d(cin_g * groups, cout_g * groups, kernel, stride=stride, padding=padding,
                      dilation=dilation, groups=groups)
-    out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
     expected = batch * cout_g * groups * out * out * cin_g * kernel * kernel
     assert count_macs(conv, torch.randn(batch, cin_g * groups, size, size)) == expected
 
@@ -280,9 +313,9 @@ def test_measure_latency_is_median_after_warmup():
 
 def test_measure_latency_sets_and_restores_threads():
     model = Sleeper([0.0])
-    before = torch.get_num_threads()
-    measure_latency(model, torch.randn(1, 2), runs=2, warmup=1, threads=1)
-    assert [threads for threads, _, _ in model.calls] == [1, 1, 1]
+    before = torch.get_num_threads()  # 1, set by the one_torch_thread fixture
+    measure_latency(model, torch.randn(1, 2), runs=2, warmup=1, threads=before + 1)
+    assert [threads for threads, _, _ in model.calls] == [before + 1] * 3
     assert torch.get_num_threads() == before
 
 
@@ -309,6 +342,14 @@ def test_module_input_shapes_skips_parametrization_internals():
     layer = nn.Sequential(nn.Linear(4, 2))
     parametrize.register_parametrization(layer[0], "weight", Zeroed(torch.ones(2, 4)))
     assert module_input_shapes(layer, torch.randn(5, 4)) == {"": (5, 4), "0": (5, 4)}
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import torchslim.measure
+
+    assert doctest.testmod(torchslim.measure).failed == 0
 
 
 def test_docs_table_matches_hand_counts():

@@ -1,0 +1,173 @@
+"""Export a compressed model to ONNX (checked with ONNX Runtime) or TorchScript (by tracing).
+
+Both work on a copy of the model with its pruning masks baked in (:func:`torchslim.masks.finalize`)
+and in eval mode, so the caller's model is not changed, and both write atomically (a temporary file
+renamed into place). ONNX needs the optional extra: ``pip install torchslim[onnx]``.
+
+>>> export_onnx(model, (x,), "model.onnx")          # doctest: +SKIP
+>>> export_torchscript(model, (x,), "model.pt")     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from . import masks
+from .errors import TorchslimError
+
+__all__ = ["ExportError", "export_onnx", "export_torchscript"]
+
+
+class ExportError(TorchslimError):
+    """A model could not be exported, or the exported model does not compute what the model does."""
+
+
+def _inputs(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    return (example_inputs,)
+
+
+def _prepare(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with its masks baked in, in eval mode; ``model`` itself is not touched."""
+    if not isinstance(model, nn.Module):
+        raise ExportError(f"model must be an nn.Module, got {type(model).__name__}")
+    replica = copy.deepcopy(model)
+    # A deep copy shares the generated ``Parametrized*`` classes with the original, and removing a
+    # parametrization deletes the property from that class, breaking the original. Give every
+    # parametrized module of the copy a class of its own first.
+    for module in replica.modules():
+        if parametrize.is_parametrized(module):
+            cls = type(module)
+            body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+            module.__class__ = type(cls.__name__, cls.__bases__, body)
+    return masks.finalize(replica).eval()
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    """The tensors of a (nested) model output, in order."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _tensors(item)
+
+
+def _compare(got: list[torch.Tensor], expected: list[torch.Tensor], rtol: float, atol: float, what: str) -> None:
+    if len(got) != len(expected):
+        raise ExportError(f"{what} returns {len(got)} outputs, the model returns {len(expected)}")
+    for index, (a, b) in enumerate(zip(got, expected)):
+        a = a.to(b.dtype) if a.dtype != b.dtype and b.is_floating_point() else a
+        if tuple(a.shape) != tuple(b.shape):
+            raise ExportError(f"{what}: output {index} has shape {tuple(a.shape)}, the model's {tuple(b.shape)}")
+        if not torch.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True):
+            worst = float((a.double() - b.double()).abs().max())
+            raise ExportError(f"{what}: output {index} differs from PyTorch's by up to {worst:.3g} "
+                              f"(allowed: atol={atol}, rtol={rtol})")
+
+
+def _replace_atomically(write, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.torchslim-tmp-{os.getpid()}")
+    try:
+        write(scratch)
+        with open(scratch, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(scratch, path)
+    finally:
+        scratch.unlink(missing_ok=True)
+    return path
+
+
+def _require_onnx() -> tuple[Any, Any]:
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        missing = getattr(exc, "name", None) or "onnx/onnxruntime"
+        raise ExportError(f"ONNX export needs the optional packages onnx and onnxruntime ({missing} is not "
+                          f"installed): pip install torchslim[onnx]") from None
+    return onnx, onnxruntime
+
+
+def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, check: bool = True, *,
+                opset: int | None = None, rtol: float = 1e-4, atol: float = 1e-5) -> Path:
+    """Export ``model`` to an ONNX file at ``path``; with ``check``, verify it with ONNX Runtime.
+
+    ``example_inputs`` is a tensor or a tuple of the model's positional inputs (shapes are fixed to
+    these). With ``check`` the file is validated by ``onnx.checker`` and run on ONNX Runtime's CPU
+    provider, and every output must match PyTorch's within ``atol + rtol * |expected|``, else an
+    :class:`ExportError` gives the largest difference. Returns the path written.
+    """
+    onnx, onnxruntime = _require_onnx()
+    prepared, inputs = _prepare(model), _inputs(example_inputs)
+    with torch.no_grad():
+        expected = [t.detach().cpu() for t in _tensors(prepared(*inputs))]
+    tensor_inputs = [t for t in inputs if isinstance(t, torch.Tensor)]
+    input_names = [f"input{i}" for i in range(len(tensor_inputs))]
+    output_names = [f"output{i}" for i in range(len(expected))]
+
+    def write(target: Path) -> None:
+        # torch's deprecation notes about its exporters are not the user's to act on; TracerWarnings
+        # (data-dependent control flow) are, so they still show
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            try:
+                torch.onnx.export(prepared, inputs, str(target), input_names=input_names,
+                                  output_names=output_names, opset_version=opset, dynamo=False)
+            except Exception as exc:
+                raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+        if not check:
+            return
+        try:
+            onnx.checker.check_model(str(target))
+        except Exception as exc:
+            raise ExportError(f"the exported ONNX model is invalid: {exc}") from exc
+        session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+        feeds = {spec.name: tensor.detach().cpu().numpy()
+                 for spec, tensor in zip(session.get_inputs(), tensor_inputs)}
+        got = [torch.from_numpy(array) for array in session.run(None, feeds)]
+        _compare(got, expected, rtol, atol, "ONNX Runtime")
+
+    return _replace_atomically(write, Path(path))
+
+
+def export_torchscript(model: nn.Module, example_inputs: Any, path: str | os.PathLike, check: bool = True, *,
+                       rtol: float = 1e-5, atol: float = 1e-6) -> Path:
+    """Trace ``model`` with :func:`torch.jit.trace` on ``example_inputs`` and save it at ``path``.
+
+    With ``check`` the traced module's outputs must match the model's within the tolerances.
+    Tracing records one path through the model: data-dependent control flow is frozen to what the
+    example inputs took. Returns the path written; load it with ``torch.jit.load``.
+    """
+    prepared, inputs = _prepare(model), _inputs(example_inputs)
+
+    def write(target: Path) -> None:
+        with warnings.catch_warnings(), torch.no_grad():  # see export_onnx about warnings
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            try:
+                traced = torch.jit.trace(prepared, inputs)
+            except Exception as exc:
+                raise ExportError(f"torch.jit.trace failed for {type(model).__name__}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            if check:
+                expected = [t.detach().cpu() for t in _tensors(prepared(*inputs))]
+                got = [t.detach().cpu() for t in _tensors(traced(*inputs))]
+                _compare(got, expected, rtol, atol, "the traced TorchScript module")
+            traced.save(str(target))
+
+    return _replace_atomically(write, Path(path))

@@ -1,0 +1,412 @@
+"""Built-in low-rank decomposition: method ``svd`` (stage ``accelerate``).
+
+Replaces ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` layers by two smaller layers (the factor
+modules of :mod:`torchslim.lowrank`) so fewer multiply-adds run, and checks that the cut turns into
+wall-clock speed: with ``measure_latency`` every factorized layer is timed against the original on
+its real input shape and the original is kept when the factors are not faster.
+
+Recipe::
+
+    steps:
+      - accelerate: {method: svd, mac_ratio: 0.5, data_aware: true}
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+import torchslim
+from torchslim.batches import call_model
+from torchslim.decompose import (
+    GramCollector, RankCurve, Spectrum, allocate_ranks, applicable_kinds, compute_spectrum, factor_macs,
+    factorize, layer_macs, macs_per_rank, rank_for_energy, rank_for_ratio, round_rank, weight_matrix,
+)
+from torchslim.errors import ModelError
+from torchslim.lowrank import MODULE_KINDS
+from torchslim.measure import count_macs, eval_mode, measure_latency
+from torchslim.recipe import Targets
+from torchslim.targets import select_modules
+
+log = logging.getLogger("torchslim")
+
+RANK_OPTIONS = ("rank", "rank_ratio", "energy", "mac_ratio")
+
+
+@dataclass
+class _Layer:
+    """Everything the step learns about one targeted layer."""
+
+    name: str
+    module: nn.Module
+    kinds: list[str]
+    x: torch.Tensor
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    calls: int
+    macs: int
+    spectra: dict[str, Spectrum] = field(default_factory=dict)
+    kind: str = ""
+    rank: int | None = None
+
+    def cost_per_rank(self, kind: str) -> int:
+        return macs_per_rank(self.module, kind, self.in_shape, self.out_shape) * self.calls
+
+    def factor_macs(self, kind: str, rank: int) -> int:
+        return factor_macs(self.module, kind, rank, self.in_shape, self.out_shape) * self.calls
+
+
+class SVDDecomposition:
+    """Factorize Linear/Conv layers by (data-aware) truncated SVD; keep only factors that run faster.
+
+    Kinds: ``channel`` (a KxK conv with r filters, then 1x1), ``spatial`` (Kx1 then 1xK, Jaderberg et
+    al. 2014) and ``linear`` (two Linears). Ranks come from one of ``rank``, ``rank_ratio``,
+    ``energy`` or ``mac_ratio``; the last spreads a MAC budget over the layers, cutting first where
+    the least (normalized) output energy is lost per MAC saved. ``data_aware`` chooses the factors
+    that minimise each layer's output error on calibration activations (SVD-LLM whitening) rather
+    than the weight error. Grouped convs are factorized per group; depthwise convs and layers whose
+    factors would not save MACs are left alone and listed in ``skipped``.
+    """
+
+    default_types = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+    class Options(BaseModel):
+        """Settings of the ``svd`` decomposition method."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        kind: Literal["auto", "channel", "spatial"] = Field(
+            "channel",
+            description="conv factorization: 'channel' (KxK with r filters then 1x1), 'spatial' (Kx1 then "
+                        "1xK; convs with a 1-wide kernel and Conv1d use channel) or 'auto' (per layer, "
+                        "fewer MACs at the rank, or less error at the MAC budget with mac_ratio); "
+                        "Linear layers always become two Linears")
+        rank: int | None = Field(None, ge=1, description="fixed rank (per group) for every layer, capped at full rank")
+        rank_ratio: float = Field(
+            0.5, gt=0, le=1, json_schema_extra={"strength": True},
+            description="kept fraction of each layer's full rank; used when rank, energy and mac_ratio are "
+                        "not given (lower is stronger)")
+        energy: float | None = Field(
+            None, gt=0, le=1,
+            description="per layer, the smallest rank whose singular values hold this fraction of the "
+                        "squared spectrum (of the output, with data_aware)")
+        mac_ratio: float | None = Field(
+            None, gt=0, le=1,
+            description="MACs after / before to reach; ranks are spread over the layers where the least "
+                        "normalized energy is lost per MAC saved")
+        mac_scope: Literal["model", "targets"] = Field(
+            "model", description="what mac_ratio is a fraction of: the whole model's MACs or the targeted layers'")
+        rank_multiple: int = Field(
+            1, ge=1, le=256, description="round ranks to multiples of this (8 suits SIMD kernels); full rank stays")
+        data_aware: bool = Field(
+            False, description="minimise each layer's output error on calibration activations (whitening as "
+                               "in SVD-LLM) instead of the weight error")
+        calibration_batches: int = Field(
+            8, ge=1, le=10_000, description="batches of train data used to gather activations when data_aware")
+        damping: float = Field(
+            0.01, gt=0, le=10,
+            description="data_aware ridge, relative to the mean activation energy; larger blends toward plain SVD")
+        measure_latency: bool = Field(
+            True, description="time every factorized layer against the original on its real input shape and "
+                              "keep the original when the factors are not min_speedup times faster")
+        min_speedup: float = Field(
+            1.0, ge=0, le=100,
+            description="with measure_latency, keep factors only at this layer speedup or more (0 keeps all)")
+        latency_runs: int = Field(
+            12, ge=3, le=1000, description="timed runs per layer and version, interleaved in 3 rounds")
+
+        @model_validator(mode="after")
+        def _one_rank_rule(self) -> "SVDDecomposition.Options":
+            given = [name for name in RANK_OPTIONS if name in self.model_fields_set and getattr(self, name) is not None]
+            if len(given) > 1:
+                raise ValueError(f"give one of rank, rank_ratio, energy or mac_ratio, not {' and '.join(given)}")
+            return self
+
+        @property
+        def rank_rule(self) -> str:
+            """Which rank option decides: the one given, else ``rank_ratio``."""
+            for name in ("rank", "energy", "mac_ratio"):
+                if getattr(self, name) is not None:
+                    return name
+            return "rank_ratio"
+
+    @torchslim.hookimpl
+    def accelerate(self, model: nn.Module, step: Any, context: Any) -> torchslim.StepResult:
+        opts: SVDDecomposition.Options = step.options
+        calibration: Iterable[Any] = ()
+        if opts.data_aware:
+            calibration = context.calibration_batches(opts.calibration_batches)
+        return self.decompose(model, context.example_inputs, opts, targets=step.targets,
+                              calibration=calibration, where=f"step {context.step_index} ({step.label})")
+
+    # ------------------------------------------------------------------ the work
+    def decompose(self, model: nn.Module, example_inputs: Any, options: "SVDDecomposition.Options | dict | None" = None,
+                  *, targets: Targets | None = None, calibration: Iterable[Any] = (),
+                  where: str = "svd") -> torchslim.StepResult:
+        """Factorize ``model``'s targeted layers in place and return the step result.
+
+        ``example_inputs`` (a tuple of positional inputs, a tensor or a dict) give each layer's input
+        shape for MACs, error and latency; ``calibration`` yields input batches for ``data_aware``.
+        """
+        opts = options if isinstance(options, self.Options) else self.Options.model_validate(options or {})
+        start = time.perf_counter()
+        if example_inputs is None or (isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 0):
+            raise ModelError(f"{where}: svd needs example inputs to size each layer; pass example_inputs=... "
+                             f"(or train_data/eval_data) to Engine.run")
+        selected = select_modules(model, targets, self.default_types, skip_inside=MODULE_KINDS)
+        skipped: list[tuple[str, str]] = []
+        layers, unfactorizable_macs = self._capture(model, example_inputs, selected, opts, skipped)
+        macs_before = count_macs(model, example_inputs)
+        grams = self._calibrate(model, layers, calibration, where) if opts.data_aware and layers else None
+        for layer in layers:
+            for kind in layer.kinds:
+                stats = grams.grams(layer.name, kind) if grams is not None else {}
+                layer.spectra[kind] = compute_spectrum(weight_matrix(layer.module, kind), kind,
+                                                       damping=opts.damping, **stats)
+        spectrum_seconds = time.perf_counter() - start
+
+        timings: dict[tuple[str, str, int], tuple[float, float]] = {}
+        built: dict[tuple[str, str, int], nn.Module] = {}
+        slow: dict[str, str] = {}
+        info: dict[str, Any] = {}
+        if opts.rank_rule == "mac_ratio":
+            targeted = sum(layer.macs for layer in layers) + unfactorizable_macs
+            base = macs_before if opts.mac_scope == "model" else targeted
+            needed = base * (1.0 - opts.mac_ratio)
+            info["target_macs"] = int(base * opts.mac_ratio)
+            for _ in range(6):  # re-spread the budget without the layers that did not get faster
+                active = [layer for layer in layers if layer.name not in slow]
+                self._allocate(active, needed, opts)
+                newly = self._check_latency(active, opts, built, timings, slow)
+                if not newly:
+                    break
+            for layer in layers:
+                if layer.name not in slow and layer.rank is None:
+                    skipped.append((layer.name, "mac_ratio: the budget was met by cheaper cuts elsewhere"))
+        else:
+            for layer in layers:
+                self._fixed_rank(layer, opts)
+                if layer.rank is not None and layer.factor_macs(layer.kind, layer.rank) >= layer.macs:
+                    skipped.append((layer.name, f"rank {layer.rank} ({layer.kind}) needs "
+                                                f"{layer.factor_macs(layer.kind, layer.rank):,} MACs >= the "
+                                                f"original {layer.macs:,}: no reduction"))
+                    layer.rank = None
+            self._check_latency(layers, opts, built, timings, slow)
+
+        report = []
+        replacements = []
+        saved = 0
+        for layer in layers:
+            if layer.name in slow:
+                report.append(self._row(layer, None, timings.get(self._key(layer)), slow[layer.name]))
+                continue
+            if layer.rank is None:
+                continue
+            module = built.get(self._key(layer)) or factorize(layer.module, layer.spectra[layer.kind], layer.rank)
+            warning = ""
+            timing = timings.get(self._key(layer))
+            if timing is not None and timing[1] > timing[0]:
+                warning = f"slower: {timing[0] / timing[1]:.2f}x the original's speed (min_speedup={opts.min_speedup})"
+            report.append(self._row(layer, module, timing, warning))
+            replacements.append((layer.name, module))
+            saved += layer.macs - layer.factor_macs(layer.kind, layer.rank)
+        for name, module in replacements:
+            _replace(model, name, module)
+        macs_after = macs_before - saved
+        info.update({
+            "layers_decomposed": len(replacements), "layers_kept_slower": len(slow), "layers_skipped": len(skipped),
+            "macs_before": macs_before, "macs_after": macs_after,
+            "mac_ratio": macs_after / macs_before if macs_before else 1.0,
+            "data_aware": opts.data_aware, "seconds": time.perf_counter() - start,
+            "spectrum_seconds": spectrum_seconds,
+        })
+        if opts.rank_rule == "mac_ratio":
+            if saved + 1e-9 < needed:
+                message = (f"{where}: mac_ratio={opts.mac_ratio} ({opts.mac_scope}) not reached: "
+                           f"{macs_after:,} MACs of {macs_before:,}; {len(slow)} layer(s) kept because their "
+                           f"factors were not faster. Lower min_speedup, widen targets or raise mac_ratio.")
+                info["warning"] = message
+                log.warning(message)
+        return torchslim.StepResult(model=model, report=report, skipped=skipped, info=info)
+
+    # ------------------------------------------------------------------ pieces
+    def _capture(self, model: nn.Module, example_inputs: Any, selected: list[tuple[str, nn.Module]],
+                 opts: "SVDDecomposition.Options", skipped: list[tuple[str, str]]) -> tuple[list[_Layer], int]:
+        """Run the example inputs once, recording each targeted layer's input and output shape.
+
+        Returns the factorizable layers and the MACs of the targeted layers that cannot be factorized
+        (they still count toward a ``mac_scope: targets`` budget).
+        """
+        candidates: dict[str, tuple[nn.Module, list[str]]] = {}
+        unfactorizable: dict[str, nn.Module] = {}
+        for name, module in selected:
+            kinds, reason = applicable_kinds(module)
+            if reason:
+                skipped.append((name, reason))
+                if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                    unfactorizable[name] = module
+                continue
+            candidates[name] = (module, _choose_kinds(kinds, opts.kind))
+        seen: dict[str, dict[str, Any]] = {}
+
+        def hook_for(name: str):
+            def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+                entry = seen.setdefault(name, {"calls": 0})
+                entry["calls"] += 1
+                if "x" not in entry:
+                    entry["x"] = args[0].detach()
+                    entry["out_shape"] = tuple(output.shape)
+            return hook
+
+        hooked = {**{name: module for name, (module, _) in candidates.items()}, **unfactorizable}
+        handles = [module.register_forward_hook(hook_for(name)) for name, module in hooked.items()]
+        inputs = example_inputs if isinstance(example_inputs, (tuple, list, dict)) else (example_inputs,)
+        try:
+            with eval_mode(model), torch.no_grad():
+                call_model(model, inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        layers = []
+        for name, (module, kinds) in candidates.items():
+            entry = seen.get(name)
+            if entry is None:
+                skipped.append((name, "did not run on the example inputs, so its MACs are unknown"))
+                continue
+            x = entry["x"]
+            macs = layer_macs(module, tuple(x.shape), entry["out_shape"]) * entry["calls"]
+            layers.append(_Layer(name, module, kinds, x, tuple(x.shape), entry["out_shape"], entry["calls"], macs))
+        other = sum(layer_macs(module, tuple(seen[name]["x"].shape), seen[name]["out_shape"]) * seen[name]["calls"]
+                    for name, module in unfactorizable.items() if name in seen)
+        return layers, other
+
+    def _calibrate(self, model: nn.Module, layers: list[_Layer], calibration: Iterable[Any],
+                   where: str) -> GramCollector:
+        """Sum the Gram matrices each layer's data-aware factors need over the calibration batches."""
+        collector = GramCollector({layer.name: (layer.module, layer.kinds) for layer in layers})
+        batches = 0
+        with collector, eval_mode(model), torch.no_grad():
+            for inputs in calibration:
+                call_model(model, inputs)
+                batches += 1
+        if batches == 0:
+            raise ModelError(f"{where}: data_aware needs calibration batches but none came; pass train_data")
+        return collector
+
+    @staticmethod
+    def _key(layer: _Layer) -> tuple[str, str, int]:
+        return (layer.name, layer.kind, layer.rank or 0)
+
+    def _fixed_rank(self, layer: _Layer, opts: "SVDDecomposition.Options") -> None:
+        """Rank by ``rank``/``rank_ratio``/``energy``; with several kinds the one with fewer MACs."""
+        best = None
+        for kind in layer.kinds:
+            spectrum = layer.spectra[kind]
+            full = spectrum.full_rank
+            if opts.rank_rule == "rank":
+                rank = round_rank(opts.rank, opts.rank_multiple, full)
+            elif opts.rank_rule == "energy":
+                rank = rank_for_energy(spectrum, opts.energy, opts.rank_multiple)
+            else:
+                rank = rank_for_ratio(full, opts.rank_ratio, opts.rank_multiple)
+            macs = layer.factor_macs(kind, rank)
+            if best is None or macs < best[0]:
+                best = (macs, kind, rank)
+        _, layer.kind, layer.rank = best
+
+    def _allocate(self, layers: list[_Layer], needed: float, opts: "SVDDecomposition.Options") -> None:
+        """Spread ``needed`` MAC savings over ``layers`` (choosing each layer's kind first when auto)."""
+        share = min(1.0, max(0.0, 1.0 - needed / max(1, sum(layer.macs for layer in layers))))
+        curves = []
+        for layer in layers:
+            layer.kind = min(layer.kinds, key=lambda kind: self._error_at_share(layer, kind, share))
+            energies = layer.spectra[layer.kind].energies.sum(0)
+            curves.append(RankCurve(layer.macs, layer.cost_per_rank(layer.kind), energies))
+        for layer, rank in zip(layers, allocate_ranks(curves, needed, opts.rank_multiple)):
+            layer.rank = rank
+
+    @staticmethod
+    def _error_at_share(layer: _Layer, kind: str, share: float) -> float:
+        spectrum = layer.spectra[kind]
+        rank = min(spectrum.full_rank, max(1, int(share * layer.macs / layer.cost_per_rank(kind))))
+        return spectrum.error_at(rank)
+
+    def _check_latency(self, layers: list[_Layer], opts: "SVDDecomposition.Options",
+                       built: dict, timings: dict, slow: dict[str, str]) -> list[str]:
+        """Time each layer's candidate factors; record (in ``slow``) and return those not fast enough."""
+        if not opts.measure_latency:
+            return []
+        newly = []
+        for layer in layers:
+            if layer.rank is None or layer.name in slow:
+                continue
+            key = self._key(layer)
+            if key not in built:
+                built[key] = factorize(layer.module, layer.spectra[layer.kind], layer.rank)
+            if key not in timings:
+                timings[key] = _time_pair(layer.module, built[key], layer.x, opts.latency_runs)
+            before, after = timings[key]
+            if before < opts.min_speedup * after:
+                cut = layer.macs / max(1, layer.factor_macs(layer.kind, layer.rank))
+                slow[layer.name] = (f"kept original: rank-{layer.rank} {layer.kind} factors cut MACs {cut:.2f}x "
+                                    f"but ran {before / after:.2f}x as fast (min_speedup={opts.min_speedup})")
+                newly.append(layer.name)
+        return newly
+
+    @staticmethod
+    def _row(layer: _Layer, module: nn.Module | None, timing: tuple[float, float] | None, warning: str) -> dict:
+        before = _shape(layer.module.weight)
+        error = 0.0
+        if module is not None:
+            with torch.no_grad():
+                reference = layer.module(layer.x)
+                error = float((module(layer.x) - reference).norm() / reference.norm().clamp_min(1e-12))
+        return {
+            "layer": layer.name,
+            "kind": layer.kind,
+            "shape_before": before,
+            "shape_after": before if module is None else f"{_shape(module.first.weight)} + {_shape(module.second.weight)}",
+            "rank": None if module is None else layer.rank,
+            "macs_before": layer.macs,
+            "macs_after": layer.macs if module is None else layer.factor_macs(layer.kind, layer.rank),
+            "rel_output_error": error,
+            "latency_before_ms": None if timing is None else timing[0],
+            "latency_after_ms": None if timing is None else (timing[0] if module is None else timing[1]),
+            "warning": warning,
+        }
+
+
+def _choose_kinds(kinds: list[str], wanted: str) -> list[str]:
+    if wanted == "auto":
+        return kinds
+    if wanted == "spatial" and "spatial" in kinds:
+        return ["spatial"]
+    return kinds[:1]
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return "x".join(str(size) for size in tensor.shape)
+
+
+def _time_pair(before: nn.Module, after: nn.Module, x: torch.Tensor, runs: int) -> tuple[float, float]:
+    """Median ms of ``before`` and ``after`` on ``x``, timed in interleaved rounds (fair on a busy machine)."""
+    per_round = max(1, math.ceil(runs / 3))
+    times_before, times_after = [], []
+    for _ in range(3):
+        times_before.append(measure_latency(before, (x,), runs=per_round, warmup=1))
+        times_after.append(measure_latency(after, (x,), runs=per_round, warmup=1))
+    return statistics.median(times_before), statistics.median(times_after)
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
