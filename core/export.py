@@ -18,10 +18,10 @@ from typing import Any, Iterator
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from . import masks
 from .errors import TorchslimError
+from .io import own_parametrized_classes
 
 __all__ = ["ExportError", "export_onnx", "export_torchscript"]
 
@@ -40,15 +40,7 @@ def _prepare(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with its masks baked in, in eval mode; ``model`` itself is not touched."""
     if not isinstance(model, nn.Module):
         raise ExportError(f"model must be an nn.Module, got {type(model).__name__}")
-    replica = copy.deepcopy(model)
-    # A deep copy shares the generated ``Parametrized*`` classes with the original, and removing a
-    # parametrization deletes the property from that class, breaking the original. Give every
-    # parametrized module of the copy a class of its own first.
-    for module in replica.modules():
-        if parametrize.is_parametrized(module):
-            cls = type(module)
-            body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
-            module.__class__ = type(cls.__name__, cls.__bases__, body)
+    replica = own_parametrized_classes(copy.deepcopy(model))  # so finalizing cannot touch ``model``
     return masks.finalize(replica).eval()
 
 

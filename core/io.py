@@ -529,6 +529,21 @@ def _put(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
     return model
 
 
+def own_parametrized_classes(model: nn.Module) -> nn.Module:
+    """Give every parametrized module of ``model`` a private copy of its generated class; returns ``model``.
+
+    ``copy.deepcopy`` shares the generated ``Parametrized*`` classes between original and copy, and
+    registering or removing a parametrization edits that class, which would change the original too.
+    Call this on a copy before changing its parametrizations.
+    """
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            cls = type(module)
+            body = {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")}
+            module.__class__ = type(cls.__name__, cls.__bases__, body)
+    return model
+
+
 def _device_of(module: nn.Module | None, fallback: nn.Module) -> torch.device:
     for source in (module, fallback):
         if source is None:
@@ -706,7 +721,7 @@ def load(directory: str | os.PathLike, base_model: nn.Module, *, registry: Plugi
     except (SafetensorError, OSError, ValueError) as exc:
         raise SaveLoadError(f"{directory / WEIGHTS_FILE} cannot be read as safetensors: {exc}") from None
     tensors = _decode_all(manifest, stored)
-    model = copy.deepcopy(base_model)  # every change below happens on the copy
+    model = own_parametrized_classes(copy.deepcopy(base_model))  # every change below happens on the copy
     try:
         model = _replay(model, manifest, kinds)
         _register_masks(model, manifest)

@@ -193,8 +193,11 @@ class Searcher:
             out += [Knob(index, template, knob, name, grid) for name, _ in layers]
         return out
 
-    def sensitivity(self, model: nn.Module, knobs: list[Knob], baseline_score: float, baseline_cost: float) -> None:
-        """Fill ``knob.points`` for every knob and grid strength, from the cache where possible."""
+    def sensitivity(self, model: nn.Module, knobs: list[Knob], baseline_score: float, baseline_cost: float) -> int:
+        """Fill ``knob.points`` for every knob and grid strength, from the cache where possible.
+
+        Returns how many trials had to be run (0 when the cache held them all).
+        """
         cache = SensitivityCache(self.cache_path(model))
         todo = [(k, s) for k in knobs for s in k.grid if cache.get(k.key, s) is None]
         from tqdm.auto import tqdm
@@ -215,6 +218,7 @@ class Searcher:
         bar.close()
         for knob in knobs:
             knob.points = {s: cache.get(knob.key, s) for s in knob.grid}
+        return len(todo)
 
     def cache_path(self, model: nn.Module) -> Path:
         """Cache file keyed by the model, the calibration data, the methods and the target metric."""
@@ -308,7 +312,7 @@ class Searcher:
         knobs = self.knobs(model)
         if not knobs:
             raise RecipeError("search: none of search.methods declares a strength knob or targets any layer")
-        self.sensitivity(model, knobs, baseline_score, baseline_cost)
+        trials = self.sensitivity(model, knobs, baseline_score, baseline_cost)
         sensitivity_seconds = time.perf_counter() - started
         target = self.target_ratio
         finetune = self.search.finetune
@@ -350,7 +354,7 @@ class Searcher:
             "target_metric": self.target_metric, "target": self.target_ratio, "metric": self.score_metric,
             "attempts": attempts, "met": bool(attempts[-1]["target_met"] and attempts[-1]["constraints_met"]),
             "target_met": bool(attempts[-1]["target_met"]), "constraints_met": bool(attempts[-1]["constraints_met"]),
-            "sensitivity_seconds": sensitivity_seconds, "seconds": time.perf_counter() - started,
+            "sensitivity_seconds": sensitivity_seconds, "trials": trials, "seconds": time.perf_counter() - started,
             "sensitivity": {k.key: {str(s): p for s, p in k.points.items()} for k in knobs},
         }
         if self.search.plot and self.out_dir is not None:

@@ -24,7 +24,6 @@ import os
 import re
 import sys
 import textwrap
-import tomllib
 import types
 import typing
 from importlib import metadata
@@ -233,11 +232,20 @@ def field_table(model: type, *, strength: bool = False) -> str:
 # ---------------------------------------------------------------------------------- plugins
 def contrib_distributions(repo: Path = REPO) -> list[str]:
     """Names of the plugin packages kept under ``contrib/`` (from their pyproject.toml)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = None
     names = []
     for pyproject in sorted((repo / "contrib").glob("*/pyproject.toml")):
-        project = tomllib.loads(pyproject.read_text()).get("project", {})
-        if project.get("name"):
-            names.append(project["name"])
+        text = pyproject.read_text()
+        if tomllib is not None:
+            name = tomllib.loads(text).get("project", {}).get("name")
+        else:
+            match = re.search(r"""^\[project\][^\[]*?^name\s*=\s*["']([^"']+)["']""", text, re.M | re.S)
+            name = match.group(1) if match else None
+        if name:
+            names.append(name)
     return names
 
 

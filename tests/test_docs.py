@@ -16,6 +16,7 @@ and expects exit code 0. ``<!-- test: file NAME -->`` writes the block into NAME
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import os
 import re
@@ -134,13 +135,14 @@ def test_hook_has_a_documented_section(hook):
     assert re.search(rf"^## {re.escape(hook)}$", text, re.M), f"docs/hooks.md has no '## {hook}' section"
 
 
-def _test_names() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def _test_names() -> frozenset[str]:
     names = set()
     for path in (ROOT / "tests").rglob("test_*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test_"):
                 names.add(node.name)
-    return names
+    return frozenset(names)
 
 
 def _tests_hook(test_name: str, hook: str) -> bool:

@@ -73,6 +73,7 @@ def test_torchscript_export_runs_without_torchslim_and_matches(tmp_path):
     assert parametrize.is_parametrized(model.fc1, "weight")
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_torchscript_check_rejects_a_trace_that_computes_something_else(tmp_path):
     with pytest.raises(ExportError, match="traced TorchScript module"):
         export_torchscript(Noisy(), X, tmp_path / "noisy.pt")

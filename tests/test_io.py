@@ -450,3 +450,16 @@ def test_save_refuses_to_replace_a_directory_it_did_not_write(tmp_path):
 def test_save_rejects_what_is_not_a_model(tmp_path):
     with pytest.raises(torchslim.SaveLoadError, match="RunResult or an nn.Module"):
         torchslim.save({"weight": torch.zeros(2)}, tmp_path / "m")
+
+
+def test_a_parametrized_base_model_is_left_working_when_loading_fails(tmp_path):
+    torchslim.save(prune(digits(), 0.9), tmp_path / "m")
+    base = zoo.DigitsCNN().eval()
+    masks.apply_mask(base.conv1, "bias", torch.ones(32, dtype=torch.bool))  # not in the saved model
+    expected = base(X)
+    with pytest.raises(torchslim.SaveLoadError, match="first mismatching key .conv1.bias."):
+        torchslim.load(tmp_path / "m", base)
+    # torch shares generated Parametrized* classes between a module and its deep copy; masking the
+    # copy's conv1.weight must not have leaked into the base model's class
+    assert not parametrize.is_parametrized(base.conv1, "weight")
+    assert torch.equal(base(X), expected)

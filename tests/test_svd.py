@@ -33,13 +33,13 @@ def digits():
 
 @pytest.fixture(scope="session")
 def trained_digits_cnn(digits):
-    """A small DigitsCNN trained for a few epochs on the real digits data (about a second)."""
+    """A small DigitsCNN trained for two epochs on the real digits data (~97% test accuracy)."""
     train, _ = digits
     torch.manual_seed(0)
     model = DigitsCNN(width=8)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
-    for _ in range(3):
+    for _ in range(2):
         for x, y in train:
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
@@ -196,9 +196,10 @@ def test_mac_ratio_prefers_layers_that_lose_least():
         hard.weight.copy_(torch.linalg.qr(torch.randn(64, 64))[0])
     model = nn.Sequential(easy, hard)
     decomposed, result = _run(model, torch.randn(16, 64), mac_ratio=0.75)
-    ranks = {row["layer"]: row["rank"] for row in result.report}
-    assert isinstance(decomposed[0], LowRankLinear) and ranks["0"] <= 8
-    assert isinstance(decomposed[1], nn.Linear)
+    rows = {row["layer"]: row for row in result.report}
+    assert isinstance(decomposed[0], LowRankLinear) and type(decomposed[1]) is nn.Linear
+    assert rows["0"]["rank"] == 16  # 16 * (64 + 64) MACs per row: exactly the budget, the largest rank allowed
+    assert rows["0"]["rel_output_error"] < 0.01
 
 
 # ---------------------------------------------------------------------------- data-aware
