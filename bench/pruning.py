@@ -318,7 +318,7 @@ def bench_minilm(quick: bool) -> dict[str, Any]:
             start = time.perf_counter()
             result = engine.run(encoder, recipe, train_data=calib)
             seconds = time.perf_counter() - start
-            cosine = float(torch.nn.functional.cosine_similarity(embed(result.model), reference).mean())
+            cosine = float(torch.nn.functional.cosine_similarity(embed(result.model.eval()), reference).mean())
             raw.append({"criterion": label, "scope": scope, "sparsity": s, "cosine": cosine,
                         "achieved": result.steps[0].info["sparsity"], "seconds": seconds})
             print(f"  {label:26s} {scope:6s} {s:.0%}: cosine {cosine:.4f} ({seconds:.1f}s)", flush=True)

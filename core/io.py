@@ -392,6 +392,8 @@ def save(result_or_model: Any, directory: str | os.PathLike, *, recipe: Any = No
     """
     model, recipe, metrics = _unpack(result_or_model, recipe, metrics)
     target = Path(directory)
+    if target.is_symlink():  # replace what the link points to, not the link
+        target = target.resolve()
     try:
         with _atomic_directory(target) as scratch:
             _write_into(scratch, model, recipe, metrics, durable=True)
@@ -559,7 +561,7 @@ def _replay(model: nn.Module, manifest: Manifest, kinds: dict[str, type]) -> nn.
     for rec in manifest.modules:
         old = _get(model, rec.path)
         if rec.same_as is not None:
-            new = built.get(rec.same_as) or _get(model, rec.same_as)
+            new = built[rec.same_as] if rec.same_as in built else _get(model, rec.same_as)
             if new is None:
                 raise SaveLoadError(f"manifest.json: module {rec.path!r} refers to {rec.same_as!r}, which is not rebuilt")
         else:

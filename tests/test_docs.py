@@ -117,8 +117,13 @@ def test_recipe_reference_lists_every_field_and_method():
         assert f"## {model.__name__}" in text
         for name in model.model_fields:
             assert f"| `{name}` |" in text, f"{model.__name__}.{name} missing from docs/recipes.md"
-    for info in gen.documented_plugins():
+    plugins, strategies = gen.documented_plugins(with_strategies=True)
+    for strategy in strategies:
+        assert f"### {strategy.name}" in text
+    for info in plugins:
         stage = gen._stage_of(info)
+        if not stage:  # registers strategies or module kinds only
+            continue
         if stage == "evaluate":
             assert f"| `{info.name}` |" in text
             continue

@@ -463,3 +463,13 @@ def test_a_parametrized_base_model_is_left_working_when_loading_fails(tmp_path):
     # copy's conv1.weight must not have leaked into the base model's class
     assert not parametrize.is_parametrized(base.conv1, "weight")
     assert torch.equal(base(X), expected)
+
+
+def test_saving_through_a_symlink_replaces_the_linked_directory(tmp_path):
+    torchslim.save(digits(0), tmp_path / "real")
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    second = prune(digits(1), 0.5)
+    torchslim.save(second, tmp_path / "link")
+    assert (tmp_path / "link").is_symlink()
+    loaded = torchslim.load(tmp_path / "real", zoo.DigitsCNN()).eval()
+    assert torch.equal(loaded(X), second(X))

