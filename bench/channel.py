@@ -74,11 +74,12 @@ def torch_pruning_direct(model: nn.Module, x: torch.Tensor, ratio: float) -> nn.
     return model
 
 
-def interleaved_latency(models: dict[str, nn.Module], x: torch.Tensor, rounds: int, runs: int) -> dict[str, Any]:
+def interleaved_latency(models: dict[str, nn.Module], x: torch.Tensor, rounds: int, runs: int,
+                        warmup: int) -> dict[str, Any]:
     """Median ms per model, and per model the median over rounds of baseline_ms / model_ms."""
     per_round: dict[str, list[float]] = {name: [] for name in models}
     for model in models.values():
-        measure_latency(model, (x,), runs=1, warmup=2, threads=THREADS)
+        measure_latency(model, (x,), runs=1, warmup=warmup, threads=THREADS)
     for _ in range(rounds):
         for name, model in models.items():
             per_round[name].append(measure_latency(model, (x,), runs=runs, warmup=1, threads=THREADS))
@@ -101,7 +102,8 @@ def bench_speed(quick: bool) -> dict[str, Any]:
         "ratios": [0.3, 0.5],
         "batches": [1, 8],
         "rounds": 1 if quick else 5,
-        "runs": 2 if quick else 4,
+        "runs": 1 if quick else 4,
+        "warmup": 0 if quick else 2,
         "threads": THREADS,
     }
     builders: dict[str, Callable[..., nn.Module]] = {"resnet18": resnet18, "resnet50": resnet50}
@@ -131,22 +133,23 @@ def bench_speed(quick: bool) -> dict[str, Any]:
                 svd_info["seconds"] = time.perf_counter() - start
                 variants["svd"] = svd.model.eval()
             same = shapes(ours.model) == shapes(direct)
+            macs = {variant: count_macs(model, (x1,)) for variant, model in variants.items()}
             for batch in cfg["batches"]:
                 x = torch.randn(batch, 3, cfg["resolution"], cfg["resolution"])
-                timing = interleaved_latency(variants, x, cfg["rounds"], cfg["runs"])
+                timing = interleaved_latency(variants, x, cfg["rounds"], cfg["runs"], cfg["warmup"])
                 for variant, model in variants.items():
                     if variant == "baseline":
                         continue
-                    macs = count_macs(model, (x1,))
-                    ideal = base_macs / macs
+                    ideal = base_macs / macs[variant]
                     row = {
                         "model": name, "ratio": ratio, "batch": batch, "method": variant,
-                        "MACs": f"{macs / 1e6:.0f}M", "MAC x": ideal, "params": f"{count_params(model) / 1e6:.2f}M",
+                        "MACs": f"{macs[variant] / 1e6:.1f}M", "MAC x": ideal,
+                        "params": f"{count_params(model) / 1e6:.2f}M",
                         "base ms": timing["baseline"]["ms"], "ms": timing[variant]["ms"],
                         "speedup": timing[variant]["speedup"], "realized/ideal": timing[variant]["speedup"] / ideal,
                     }
                     rows.append(row)
-                    raw.append({**row, "macs": macs, "params_n": count_params(model), "base_macs": base_macs,
+                    raw.append({**row, "macs": macs[variant], "params_n": count_params(model), "base_macs": base_macs,
                                 "base_params": base_params,
                                 "prune_seconds": {"channel": ours_s, "torch-pruning": direct_s}.get(
                                     variant, svd_info.get("seconds")),

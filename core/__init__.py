@@ -14,6 +14,7 @@ from .context import RunContext
 from .engine import Engine
 from .errors import (
     DataError,
+    ExportError,
     ModelError,
     PluginError,
     RecipeError,
@@ -31,7 +32,7 @@ from .targets import select_modules
 __version__ = "0.1.0"
 
 __all__ = [
-    "Constraints", "DataError", "Engine", "Evaluation", "ModelError", "PluginError", "PluginRegistry",
+    "Constraints", "DataError", "ExportError", "Engine", "Evaluation", "ModelError", "PluginError", "PluginRegistry",
     "Recipe", "RecipeError", "RunContext", "RunResult", "SaveLoadError", "Step", "StepError",
     "StepRecord", "StepResult", "Targets", "TorchslimError", "hookimpl", "hookspec", "load", "save",
     "select_modules", "__version__",

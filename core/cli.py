@@ -52,6 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     run.add_argument("--device", default=None, help="torch device (default: the model's)")
 
+    export = sub.add_parser("export", help="export a saved model to ONNX and/or TorchScript",
+                            description="Rebuild a model saved by torchslim (run --out DIR/model, or "
+                                        "torchslim.save) on a fresh base model and export it, checking "
+                                        "the exported outputs against PyTorch's.")
+    export.add_argument("directory", help="a folder written by torchslim.save (e.g. OUT/model)")
+    export.add_argument("--model", required=True, metavar="MODULE:FACTORY",
+                        help="callable returning the base model as built before compression")
+    export.add_argument("--onnx", metavar="FILE", help="write an ONNX file (needs torchslim[onnx])")
+    export.add_argument("--torchscript", metavar="FILE", help="write a TorchScript file (torch.jit.trace)")
+    export.add_argument("--input-shape", metavar="SHAPE",
+                        help="shape of one example input, e.g. 1x3x224x224 (float32 zeros)")
+    export.add_argument("--data", metavar="MODULE:FACTORY",
+                        help="take the example input from the first eval batch of this data factory instead")
+    export.add_argument("--no-check", action="store_true", help="skip comparing exported outputs with PyTorch")
+
     demo = sub.add_parser("demo", help="train a digits CNN, compress it, print before/after",
                           description="Train a small CNN on scikit-learn's digits (shipped with the "
                                       "package), run the built-in demo recipe and print the table.")
@@ -88,8 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_bad_input(exc: Exception) -> bool:
     from .errors import DataError, PluginError, RecipeError, SaveLoadError
+    from .export import ExportError
 
-    return isinstance(exc, (UsageError, RecipeError, PluginError, DataError, SaveLoadError))
+    return isinstance(exc, (UsageError, RecipeError, PluginError, DataError, SaveLoadError, ExportError))
 
 
 def _one_line(exc: Exception) -> str:
@@ -251,8 +267,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _example_inputs(args: argparse.Namespace) -> tuple:
+    import torch
+
+    from .batches import split_batch
+
+    if args.input_shape:
+        try:
+            shape = [int(part) for part in args.input_shape.lower().replace(",", "x").split("x")]
+        except ValueError:
+            raise UsageError(f"--input-shape {args.input_shape!r} must look like 1x3x224x224") from None
+        return (torch.zeros(shape),)
+    if args.data:
+        data = _data_kwargs(args.data)
+        if data.get("example_inputs") is not None:
+            inputs = data["example_inputs"]
+            return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+        loader = data.get("eval_data") or data.get("train_data")
+        inputs, _ = split_batch(next(iter(loader)))
+        return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    raise UsageError("export needs an example input: give --input-shape 1x3x224x224 or --data MODULE:FACTORY")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx, export_torchscript
+    from .io import load
+
+    if not (args.onnx or args.torchscript):
+        raise UsageError("nothing to export: give --onnx FILE and/or --torchscript FILE")
+    base = _call_factory(args.model, "--model")
+    model = load(args.directory, base_model=base)
+    inputs = _example_inputs(args)
+    if args.onnx:
+        print(f"wrote {export_onnx(model, inputs, args.onnx, check=not args.no_check)}")
+    if args.torchscript:
+        print(f"wrote {export_torchscript(model, inputs, args.torchscript, check=not args.no_check)}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "plugins": cmd_plugins, "strategies": cmd_strategies, "run": cmd_run, "demo": cmd_demo,
+    "plugins": cmd_plugins, "strategies": cmd_strategies, "run": cmd_run, "export": cmd_export,
+    "demo": cmd_demo,
 }
 
 if __name__ == "__main__":  # pragma: no cover

@@ -118,8 +118,10 @@ class Engine:
     def _validate_options(self, step: Step, where: str) -> Any:
         options_model = self.registry.options_model(step.stage, step.method)
         raw = step.options
+        if options_model is not None and isinstance(raw, options_model):
+            return raw  # already validated (a nested or search step reusing a recipe's options)
         if isinstance(raw, BaseModel):
-            raw = raw.model_dump()
+            raw = raw.model_dump(exclude_unset=True)
         if options_model is None:
             if raw:
                 raise RecipeError(f"{where}: method {step.method!r} takes no options, got {sorted(raw)}")
@@ -180,8 +182,8 @@ class Engine:
         device = torch.device(device) if device is not None else _model_device(model)
         example_inputs = _example_inputs(example_inputs, eval_data, train_data)
 
-        working = copy.deepcopy(model).to(device)
-        original = copy.deepcopy(model).to(device).eval().requires_grad_(False)
+        working = _private_copy(model).to(device)
+        original = _private_copy(model).to(device).eval().requires_grad_(False)
         context = RunContext(
             train_data=train_data, eval_data=eval_data, example_inputs=example_inputs,
             original_model=original, loss_fn=loss_fn, metric_fn=metric_fn, device=device, seed=seed,
@@ -190,7 +192,7 @@ class Engine:
         context.runner = lambda m, raw: self._run_nested(m, raw, context)
         directions = dict(self.registry.directions())
         checkpointer = Checkpointer(out_dir, recipe, seed, model) if out_dir is not None else None
-        resumed = checkpointer.resume(copy.deepcopy(model).to(device)) if checkpointer else None
+        resumed = checkpointer.resume(_private_copy(model).to(device)) if checkpointer else None
         if resumed is not None:
             working, baseline, records = resumed
         else:
@@ -300,6 +302,19 @@ def check_constraints(recipe: Recipe, baseline: dict[str, float], final: dict[st
         rows.append({"constraint": f"max_ratio.{metric}", "limit": allowed, "value": ratio,
                      "met": ratio is not None and ratio <= allowed + 1e-12})
     return rows
+
+
+def _private_copy(model: nn.Module) -> nn.Module:
+    """A deep copy that shares nothing with ``model``, parametrization classes included.
+
+    ``copy.deepcopy`` of a parametrized module shares torch's generated ``Parametrized*`` class with
+    the original, so finalizing masks on the copy would break the caller's model.
+    """
+    from .io import own_parametrized_classes
+
+    clone = copy.deepcopy(model)
+    own_parametrized_classes(clone)
+    return clone
 
 
 class StepTimeout(Exception):

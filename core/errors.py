@@ -29,3 +29,7 @@ class ModelError(TorchslimError, ValueError):
 
 class SaveLoadError(TorchslimError):
     """A saved model directory is missing, corrupt, or does not fit the base model."""
+
+
+class ExportError(TorchslimError):
+    """Exporting a model (ONNX, TorchScript) failed or its outputs do not match PyTorch's."""

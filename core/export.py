@@ -20,14 +20,10 @@ import torch
 from torch import nn
 
 from . import masks
-from .errors import TorchslimError
+from .errors import ExportError, TorchslimError
 from .io import own_parametrized_classes
 
 __all__ = ["ExportError", "export_onnx", "export_torchscript"]
-
-
-class ExportError(TorchslimError):
-    """A model could not be exported, or the exported model does not compute what the model does."""
 
 
 def _inputs(example_inputs: Any) -> tuple:

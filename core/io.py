@@ -23,6 +23,7 @@ import copy
 import ctypes
 import errno
 import functools
+import itertools
 import os
 import shutil
 import sys
@@ -62,7 +63,8 @@ from .manifest import (
 from .registry import PluginRegistry, module_kind_name
 from .sparse import Encoded, decode, encode, pack_bits
 
-__all__ = ["STANDARD_LAYERS", "default_registry", "layer_args", "load", "save", "saved_size_bytes"]
+__all__ = ["STANDARD_LAYERS", "default_registry", "layer_args", "load", "own_parametrized_classes", "save",
+           "saved_size_bytes"]
 
 #: dtypes safetensors can store (quantized tensors, for one, cannot be saved).
 _STORABLE = {
@@ -550,7 +552,7 @@ def _device_of(module: nn.Module | None, fallback: nn.Module) -> torch.device:
     for source in (module, fallback):
         if source is None:
             continue
-        for tensor in (*source.parameters(), *source.buffers()):
+        for tensor in itertools.chain(source.parameters(), source.buffers()):
             return tensor.device
     return torch.device("cpu")
 

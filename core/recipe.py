@@ -40,9 +40,10 @@ class Targets(_Strict):
     bases. Empty ``types`` means the method's own default types.
     """
 
-    include: list[str] = Field(default_factory=lambda: ["*"])
-    exclude: list[str] = Field(default_factory=list)
-    types: list[str] = Field(default_factory=list)
+    include: list[str] = Field(default_factory=lambda: ["*"], description="globs of module names to touch")
+    exclude: list[str] = Field(default_factory=list, description="globs of module names to leave alone")
+    types: list[str] = Field(default_factory=list,
+                             description="module class names to touch (default: the method's own types)")
 
     @field_validator("include", "exclude", "types", mode="before")
     @classmethod
@@ -53,10 +54,11 @@ class Targets(_Strict):
 class Step(_Strict):
     """One recipe step: a stage, the method (plugin name) that runs it, its options and targets."""
 
-    stage: Stage
-    method: str
-    options: Any = Field(default_factory=dict)
-    targets: Targets = Field(default_factory=Targets)
+    stage: Stage = Field(description="compress, accelerate or finetune (the key of the step mapping)")
+    method: str = Field(description="name of the installed method plugin that runs the step")
+    options: Any = Field(default_factory=dict,
+                         description="the method's options (the other keys of the step mapping)")
+    targets: Targets = Field(default_factory=Targets, description="which modules the step touches")
     timeout: float | None = Field(
         None, gt=0, description="seconds the step may take before the run stops with an error"
     )
@@ -94,8 +96,10 @@ class Constraints(_Strict):
     (``{macs: 0.5}`` means "at least halve the MACs").
     """
 
-    max_drop: dict[str, float] = Field(default_factory=dict)
-    max_ratio: dict[str, float] = Field(default_factory=dict)
+    max_drop: dict[str, float] = Field(default_factory=dict,
+                                       description="metric -> largest allowed worsening vs the baseline")
+    max_ratio: dict[str, float] = Field(default_factory=dict,
+                                        description="metric -> largest allowed final/baseline ratio")
 
     @field_validator("max_drop")
     @classmethod
@@ -175,14 +179,16 @@ class Search(_Strict):
 class Recipe(_Strict):
     """A whole run: ordered steps, the evaluators to run, and constraints on the result."""
 
-    name: str | None = None
-    description: str = ""
-    steps: list[Step] = Field(default_factory=list)
-    evaluate: list[str] = Field(default_factory=lambda: list(DEFAULT_EVALUATORS))
-    evaluation: Evaluation = Field(default_factory=Evaluation)
-    constraints: Constraints = Field(default_factory=Constraints)
-    search: Search | None = None
-    seed: int | None = None
+    name: str | None = Field(None, description="a name for reports")
+    description: str = Field("", description="free text shown with strategies")
+    steps: list[Step] = Field(default_factory=list, description="the steps, run in order")
+    evaluate: list[str] = Field(default_factory=lambda: list(DEFAULT_EVALUATORS),
+                                description="evaluators run on the baseline and after every step")
+    evaluation: Evaluation = Field(default_factory=Evaluation, description="settings shared by evaluators")
+    constraints: Constraints = Field(default_factory=Constraints,
+                                     description="conditions the final model must meet")
+    search: Search | None = Field(None, description="automatic per-layer strength search (after the steps)")
+    seed: int | None = Field(None, description="random seed; overrides Engine.run(seed=...)")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Recipe":

@@ -171,7 +171,8 @@ class Searcher:
     def apply(self, model: nn.Module, knob: Knob, strength: float) -> tuple[nn.Module, StepResult]:
         """Apply ``knob``'s method to its layer alone at ``strength``."""
         template = knob.template
-        options = template.options.model_dump() if isinstance(template.options, BaseModel) else dict(template.options)
+        options = (template.options.model_dump(exclude_unset=True) if isinstance(template.options, BaseModel)
+                   else dict(template.options))
         options[knob.knob] = strength
         step = Step(stage=template.stage, method=template.method, options=options,
                     targets=Targets(include=[exact_glob(knob.layer)], types=template.targets.types))
@@ -205,7 +206,7 @@ class Searcher:
         bar = tqdm(total=len(todo), desc="sensitivity", unit="trial", disable=not sys.stderr.isatty(), leave=False)
         layer_cost: dict[str, float] = {}
         for knob, strength in todo:
-            trial, _ = self.apply(copy.deepcopy(model), knob, strength)
+            trial, _ = self.apply(_private_copy(model), knob, strength)
             loss = self.loss(baseline_score, self.score(trial))
             if self.target_metric == "latency_ms":
                 if knob.layer not in layer_cost:
@@ -282,7 +283,7 @@ class Searcher:
 
     def build(self, model: nn.Module, knobs: list[Knob], chosen: dict[str, float]) -> tuple[nn.Module, list[StepRecord]]:
         """Apply an allocation to a copy of ``model``: one record per method template."""
-        working = copy.deepcopy(model)
+        working = _private_copy(model)
         records = []
         for index, template in enumerate(self.search.methods):
             start = time.perf_counter()
@@ -449,6 +450,12 @@ def write_plots(out_dir: Path, knobs: list[Knob], attempts: list[dict[str, Any]]
     fig.savefig(att, dpi=100)
     plt.close(fig)
     return [str(sens), str(att)]
+
+
+def _private_copy(model: nn.Module) -> nn.Module:
+    from .engine import _private_copy as private_copy
+
+    return private_copy(model)
 
 
 def _default_cache_dir() -> Path:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import torchslim
+from torchslim import distributed
 from torchslim.batches import batch_size, iterate, split_batch, to_device
 from torchslim.datacheck import IGNORE_INDEX, check_classification_batch, logits_of
 from torchslim.measure import count_macs, count_nonzeros, count_params, eval_mode, measure_latency
@@ -45,25 +46,40 @@ class Accuracy:
         if context.eval_data is None:
             return {}
         if context.metric_fn is not None:
-            return {"accuracy": float(context.metric_fn(model, context.eval_data))}
+            # Every rank runs the user's metric; rank 0's value is everyone's, so decisions agree.
+            return {"accuracy": distributed.broadcast_object(float(context.metric_fn(model, context.eval_data)))}
         limit = _settings(context).max_eval_batches
-        correct = torch.zeros((), dtype=torch.int64)
-        total = 0
+        # Under torchrun each rank reads its share of the eval set and the counts are summed.
+        shard, sharded = distributed.shard_eval(context.eval_data, limit)
+        batches = shard if sharded else iterate(context.eval_data, "eval_data", limit=limit)
+        counts = torch.zeros(2, dtype=torch.int64)  # correct, total
         with eval_mode(model), torch.no_grad():
-            for index, batch in enumerate(iterate(context.eval_data, "eval_data", limit=limit), start=1):
-                where = f"eval_data batch {index}"
+            for index, batch in enumerate(batches, start=1):
+                where = f"eval_data batch {index}" + (f" of rank {distributed.rank()}'s share" if sharded else "")
                 inputs, target = split_batch(batch)
                 logits = logits_of(context.forward(model, inputs), where)
                 check_classification_batch(logits, target, where)
                 target = target.to(logits.device)
                 counted = target != IGNORE_INDEX
-                correct += ((logits.argmax(dim=1) == target) & counted).sum().cpu()
-                total += int(counted.sum())
+                counts[0] += int(((logits.argmax(dim=1) == target) & counted).sum())
+                counts[1] += int(counted.sum())
+        if sharded:
+            distributed.all_reduce_sum(counts)
+            if int(counts[1]) == 0 and _empty(context.eval_data):
+                raise torchslim.DataError("eval_data yielded no batches; pass a non-empty DataLoader")
+        correct, total = int(counts[0]), int(counts[1])
         if total == 0:
             raise torchslim.DataError(
                 f"eval_data has only ignored targets ({IGNORE_INDEX}); accuracy needs at least one labelled sample"
             )
-        return {"accuracy": int(correct) / total}
+        return {"accuracy": correct / total}
+
+
+def _empty(data: Any) -> bool:
+    try:
+        return len(data) == 0
+    except TypeError:
+        return False
 
 
 class Params:
@@ -116,8 +132,10 @@ class Latency:
         if inputs is None:
             return {}
         settings = _settings(context)
-        ms = measure_latency(model, inputs, runs=settings.latency_runs, warmup=settings.latency_warmup,
-                             threads=settings.threads)
+        # Timed on rank 0 alone while the other ranks wait, so they neither compete for the machine
+        # nor report different figures.
+        ms = distributed.main_only(lambda: measure_latency(
+            model, inputs, runs=settings.latency_runs, warmup=settings.latency_warmup, threads=settings.threads))
         threads = settings.threads if settings.threads is not None else torch.get_num_threads()
         return {"latency_ms": ms, "latency_batch": batch_size(inputs), "latency_threads": threads}
 
@@ -131,4 +149,5 @@ class Size:
     def evaluate(self, model: nn.Module, context: Any) -> dict[str, float]:
         from torchslim import io
 
-        return {"size_bytes": int(io.saved_size_bytes(model))}
+        # The size is the same on every rank; rank 0 writes the temporary copy once.
+        return {"size_bytes": int(distributed.main_only(lambda: io.saved_size_bytes(model)))}

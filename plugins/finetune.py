@@ -18,8 +18,13 @@ from torch import nn
 from tqdm import tqdm
 
 import torchslim
+from torchslim import distributed
 from torchslim.batches import split_batch, to_device
 from torchslim.datacheck import check_classification_batch, logits_of
+
+
+#: Offset between the torch seeds of consecutive ranks (dropout, augmentation), far from the step offsets.
+RANK_SEED_STRIDE = 1_000_003
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -125,39 +130,45 @@ class SGDFinetune:
         if not params:
             raise torchslim.ModelError(f"{where}: the model has no trainable parameters (all requires_grad=False)")
 
-        per_epoch = self._batches_per_epoch(data, opts, where)
-        total = opts.steps if opts.steps is not None else (opts.epochs or 1) * per_epoch
-        optimizer = self._optimizer(params, opts)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda i: lr_factor(i, total, opts.warmup_steps, opts.schedule))
-
         seeds = context.generator(context.step_index)
-        torch.manual_seed(context.seed + context.step_index)
-        show = opts.progress if opts.progress is not None else sys.stderr.isatty()
-        done, epoch, epoch_losses = 0, 0, []
-        model.train()
-        with _seeded_loader(data) as reseed, tqdm(total=total, desc=where, disable=not show, leave=False) as bar:
-            while done < total:
-                reseed(int(torch.randint(0, 2**62, (1,), generator=seeds)))
-                epoch += 1
-                epoch_losses = []
-                seen = 0
-                for batch in data:
-                    if done >= total or (opts.max_batches_per_epoch is not None and seen >= opts.max_batches_per_epoch):
-                        break
-                    seen += 1
-                    loss = self._train_step(model, batch, context, opts, optimizer, params,
-                                            f"train_data batch {seen} of epoch {epoch}")
-                    scheduler.step()
-                    done += 1
-                    epoch_losses.append(loss)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                if seen == 0:
-                    raise torchslim.DataError(f"{where}: train_data yielded no batches; pass a non-empty DataLoader")
-        final = sum(epoch_losses) / len(epoch_losses)
+        # Ranks draw independent dropout/augmentation noise; rank 0 draws what a single process would.
+        torch.manual_seed(context.seed + context.step_index + RANK_SEED_STRIDE * distributed.rank())
+        show = (opts.progress if opts.progress is not None else sys.stderr.isatty()) and distributed.is_main()
+        with distributed.training(model, data, where, context.device) as run:
+            per_epoch = self._batches_per_epoch(run.data, opts, where)
+            total = opts.steps if opts.steps is not None else (opts.epochs or 1) * per_epoch
+            optimizer = self._optimizer(params, opts)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda i: lr_factor(i, total, opts.warmup_steps, opts.schedule))
+            done, epoch, epoch_losses = 0, 0, []
+            model.train()
+            with _seeded_loader(data) as reseed, tqdm(total=total, desc=where, disable=not show, leave=False) as bar:
+                while done < total:
+                    reseed(int(torch.randint(0, 2**62, (1,), generator=seeds)))
+                    run.set_epoch(epoch)
+                    epoch += 1
+                    epoch_losses = []
+                    seen = 0
+                    for batch in run.data:
+                        if done >= total or (opts.max_batches_per_epoch is not None and seen >= opts.max_batches_per_epoch):
+                            break
+                        seen += 1
+                        loss = self._train_step(run.model, batch, context, opts, optimizer, params,
+                                                f"train_data batch {seen} of epoch {epoch}",
+                                                weight=run.loss_weight(seen - 1))
+                        scheduler.step()
+                        done += 1
+                        epoch_losses.append(loss)
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                    if seen == 0:
+                        raise torchslim.DataError(f"{where}: train_data yielded no batches; pass a non-empty DataLoader")
+            final = run.mean(sum(epoch_losses) / len(epoch_losses))
         epochs = epoch if opts.steps is None else done / per_epoch
-        return torchslim.StepResult(model=model, info={"epochs": epochs, "steps": done, "final_loss": final})
+        info: dict[str, Any] = {"epochs": epochs, "steps": done, "final_loss": final}
+        if run.world_size > 1:
+            info.update(processes=run.world_size, batch_per_process=run.per_rank_batch, sharding=run.sharding)
+        return torchslim.StepResult(model=model, info=info)
 
     # ------------------------------------------------------------------ pieces
     @staticmethod
@@ -188,7 +199,8 @@ class SGDFinetune:
 
     @staticmethod
     def _train_step(model: nn.Module, batch: Any, context: Any, opts: "SGDFinetune.Options",
-                    optimizer: torch.optim.Optimizer, params: list[nn.Parameter], where: str) -> float:
+                    optimizer: torch.optim.Optimizer, params: list[nn.Parameter], where: str,
+                    weight: float = 1.0) -> float:
         inputs, target = split_batch(batch)
         output = context.forward(model, inputs)
         if context.loss_fn is None:
@@ -210,7 +222,9 @@ class SGDFinetune:
                 f"{where}: the loss became {value} (lr={optimizer.param_groups[0]['lr']:.3g}); "
                 f"lower lr or set grad_clip")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # Under DDP the last, partial batch is split unevenly; the weight makes the mean over ranks
+        # the mean over the global batch (see torchslim.distributed.ShardSampler).
+        (loss * weight if weight != 1.0 else loss).backward()
         if opts.grad_clip is not None:
             nn.utils.clip_grad_norm_(params, opts.grad_clip)
         optimizer.step()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
@@ -121,7 +120,8 @@ class SVDDecomposition:
             1.0, ge=0, le=100,
             description="with measure_latency, keep factors only at this layer speedup or more (0 keeps all)")
         latency_runs: int = Field(
-            12, ge=3, le=1000, description="timed runs per layer and version, interleaved in 3 rounds")
+            10, ge=1, le=1000,
+            description="timed runs per layer and version, interleaved; the best run counts (least disturbed)")
 
         @model_validator(mode="after")
         def _one_rank_rule(self) -> "SVDDecomposition.Options":
@@ -166,12 +166,13 @@ class SVDDecomposition:
         layers, unfactorizable_macs = self._capture(model, example_inputs, selected, opts, skipped)
         macs_before = count_macs(model, example_inputs)
         grams = self._calibrate(model, layers, calibration, where) if opts.data_aware and layers else None
+        spectrum_start = time.perf_counter()
         for layer in layers:
             for kind in layer.kinds:
                 stats = grams.grams(layer.name, kind) if grams is not None else {}
                 layer.spectra[kind] = compute_spectrum(weight_matrix(layer.module, kind), kind,
                                                        damping=opts.damping, **stats)
-        spectrum_seconds = time.perf_counter() - start
+        spectrum_seconds = time.perf_counter() - spectrum_start
 
         timings: dict[tuple[str, str, int], tuple[float, float]] = {}
         built: dict[tuple[str, str, int], nn.Module] = {}
@@ -397,13 +398,23 @@ def _shape(tensor: torch.Tensor) -> str:
 
 
 def _time_pair(before: nn.Module, after: nn.Module, x: torch.Tensor, runs: int) -> tuple[float, float]:
-    """Median ms of ``before`` and ``after`` on ``x``, timed in interleaved rounds (fair on a busy machine)."""
-    per_round = max(1, math.ceil(runs / 3))
-    times_before, times_after = [], []
-    for _ in range(3):
-        times_before.append(measure_latency(before, (x,), runs=per_round, warmup=1))
-        times_after.append(measure_latency(after, (x,), runs=per_round, warmup=1))
-    return statistics.median(times_before), statistics.median(times_after)
+    """Best-of-``runs`` ms of ``before`` and ``after`` on ``x``, one run of each in turn.
+
+    Interleaving exposes both to the same machine load; the minimum is the estimate least disturbed
+    by other processes (the layer's own cost), which is what the keep-or-revert decision needs.
+    measure_latency's median of back-to-back runs cannot interleave, hence this small loop.
+    """
+    times: tuple[list[float], list[float]] = ([], [])
+    with eval_mode(before), eval_mode(after), torch.inference_mode():
+        for module in (before, after):
+            module(x)
+            module(x)
+        for _ in range(runs):
+            for module, bucket in ((before, times[0]), (after, times[1])):
+                start = time.perf_counter()
+                module(x)
+                bucket.append(time.perf_counter() - start)
+    return min(times[0]) * 1000.0, min(times[1]) * 1000.0
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -55,7 +55,7 @@ def project(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("command", [[], ["plugins"], ["strategies"], ["run"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["plugins"], ["strategies"], ["run"], ["export"], ["demo"]])
 def test_help_everywhere(command):
     proc = cli(*command, "--help")
     assert proc.returncode == 0 and "usage: torchslim" in proc.stdout
@@ -107,3 +107,16 @@ def test_parser_has_every_command():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(sub.choices) >= {"plugins", "strategies", "run", "demo"}
+
+
+def test_run_then_export_onnx_and_torchscript(project):
+    pytest.importorskip("onnxruntime")
+    proc = cli("run", "recipe.yaml", "--model", "usermodels:build", "--data", "usermodels:data",
+               "--out", "out", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    proc = cli("export", "out/model", "--model", "usermodels:build", "--data", "usermodels:data",
+               "--onnx", "m.onnx", "--torchscript", "m.pt", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert (project / "m.onnx").stat().st_size > 0 and (project / "m.pt").stat().st_size > 0
+    bad = cli("export", "out/model", "--model", "usermodels:build", "--onnx", "m.onnx", cwd=project)
+    assert bad.returncode == 2 and "needs an example input" in bad.stderr

@@ -293,6 +293,60 @@ def test_activation_criterion_through_the_engine_uses_calibration_batches(engine
     assert result.final["accuracy"] >= result.baseline["accuracy"] - 0.1
 
 
+def test_sequential_reconstruct_tracks_the_pruned_inputs_of_later_layers(trained_mlp, digits):
+    x_train, _, x_test, y_test = digits
+    calibration = [(x_train[i:i + 128],) for i in range(0, 512, 128)]
+    with torch.no_grad():
+        dense = trained_mlp(x_test)
+    errors, accuracy = {}, {}
+    for sequential in (False, True):
+        model = copy.deepcopy(trained_mlp)
+        prune(model, sparsity=0.7, criterion="activation", reconstruct=True, sequential=sequential,
+              calibration=calibration)
+        with torch.no_grad():
+            out = model(x_test)
+        errors[sequential] = float((out - dense).pow(2).mean())
+        accuracy[sequential] = float((out.argmax(1) == y_test).float().mean())
+    assert errors[True] < errors[False], errors
+    assert accuracy[True] > accuracy[False] + 0.02, accuracy
+
+
+class TinyAttention(nn.Module):
+    """Self-attention with separate q/k/v projections, taking keyword inputs like a tokenizer's output."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.ff = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, input_ids, attention_mask):
+        h = self.embed(input_ids)
+        scores = self.q(h) @ self.k(h).transpose(1, 2) / 4.0
+        scores = scores.masked_fill(attention_mask[:, None, :] == 0, float("-inf"))
+        h = h + self.o(scores.softmax(-1) @ self.v(h))
+        h = h + self.ff(h)
+        return (h * attention_mask[..., None]).sum(1) / attention_mask.sum(1, keepdim=True)
+
+
+def test_dict_batches_calibrate_a_transformer_like_model_through_the_engine(engine):
+    torch.manual_seed(0)
+    model = TinyAttention().eval()
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 50, (8, 12), generator=gen),
+                "attention_mask": torch.ones(8, 12, dtype=torch.long)} for _ in range(4)]
+    recipe = {"steps": [{"compress": {"method": "magnitude", "sparsity": 0.5, "scope": "row",
+                                      "criterion": "activation", "reconstruct": True}}], "evaluate": []}
+    result = engine.run(model, recipe, train_data=batches)
+    rows = {r["layer"]: r for r in result.steps[0].report}
+    assert set(rows) == {"q", "k", "v", "o", "ff.0", "ff.2"}
+    assert all(r["criterion"] == "activation" and r["reconstructed"] for r in rows.values())
+    pruned = result.model.eval()
+    with torch.no_grad():
+        cosine = nn.functional.cosine_similarity(pruned(**batches[0]), model(**batches[0])).mean()
+    assert cosine > 0.9
+
+
 def test_activation_without_any_data_is_a_clear_error():
     with pytest.raises(torchslim.DataError, match="calibration"):
         prune(DigitsCNN(width=4), sparsity=0.5, criterion="activation", calibration=[])

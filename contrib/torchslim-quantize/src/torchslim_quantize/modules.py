@@ -1,0 +1,327 @@
+"""int8 module kinds: ``Int8Linear``, ``Int8Conv`` and ``Int8LSTM``, stored as int8 in their state dict.
+
+Weights are quantized symmetrically per output channel (``w ~= q * scale[row]``, ``q`` in [-127, 127],
+zero point 0, so pruned zeros stay exactly zero). The int8 tensor is a frozen ``nn.Parameter``
+(``requires_grad=False``): it is counted as a parameter, saved as int8 by :func:`torchslim.save`
+and never touched by an optimizer; the per-channel scales are a float32 buffer.
+
+Each class is a torchslim *module kind* (``torchslim_spec()`` / ``from_torchslim_spec()``), so
+:func:`torchslim.load` rebuilds it from the manifest and loads its int8 weights strictly.
+
+``Int8Linear`` with ``kernel="dynamic"`` runs PyTorch's int8 x int8 dynamic-quantization kernel
+(``torch.ops.quantized.linear_dynamic``, FBGEMM / x86 / oneDNN): activations are quantized per
+batch on the fly. The kernel's packed weight is built lazily from the int8 parameter and rebuilt
+whenever it changes; it is never part of the state dict. In training mode with gradients enabled,
+on non-CPU devices, for non-float32 inputs, or where the kernel is missing, the layer computes
+``F.linear`` with the dequantized weight instead (same stored weights, float arithmetic).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+QMAX = 127
+
+
+# ------------------------------------------------------------------------------------------- maths
+def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize ``weight`` (output channels on dim 0) to ``(int8 tensor, float32 scale per channel)``.
+
+    >>> q, s = quantize_per_channel(torch.tensor([[0.5, -1.0], [0.0, 0.0]]))
+    >>> q.tolist(), s.tolist()[1]
+    ([[64, -127], [0, 0]], 1.0)
+    """
+    w = weight.detach().to(torch.float32)
+    flat = w.reshape(w.shape[0], -1)
+    amax = flat.abs().amax(dim=1)
+    # an all-zero channel (pruned away) gets scale 1 so nothing divides by zero; its values stay 0
+    scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
+    q = torch.round(flat / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
+    return q.reshape(w.shape), scale
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``q * scale`` broadcast over the output-channel dim 0, in ``dtype``."""
+    return q.to(dtype) * scale.to(dtype).reshape((-1,) + (1,) * (q.dim() - 1))
+
+
+@functools.lru_cache(maxsize=1)
+def dynamic_kernel() -> str | None:
+    """The quantized engine whose int8 dynamic Linear kernel runs here (``"x86"``, ``"fbgemm"``, ...), or None."""
+    try:
+        weight = torch.randn(4, 8)
+        packed = _prepack(*quantize_per_channel(weight))
+        torch.ops.quantized.linear_dynamic(torch.randn(2, 8), packed, True)
+    except Exception:  # noqa: BLE001 - any failure means "use the dequantized path"
+        return None
+    return str(torch.backends.quantized.engine)
+
+
+def _prepack(q: torch.Tensor, scale: torch.Tensor) -> Any:
+    with warnings.catch_warnings():  # quantized-tensor constructors warn about their future; we only feed the kernel
+        warnings.simplefilter("ignore")
+        zero = torch.zeros(q.shape[0], dtype=torch.long)
+        qweight = torch._make_per_channel_quantized_tensor(q.cpu(), scale.double().cpu(), zero, 0)
+        return torch.ops.quantized.linear_prepack(qweight, None)
+
+
+def _register_flop_formula() -> None:
+    """Teach ``torch.utils.flop_counter`` the dynamic kernel: 2 x input elements x output features."""
+    op = getattr(getattr(torch.ops, "quantized", None), "linear_dynamic", None)
+    try:
+        from torch.utils.flop_counter import flop_registry, register_flop_formula
+    except ImportError:  # pragma: no cover - very old torch
+        return
+    if op is None or op in flop_registry or getattr(op, "default", None) in flop_registry:
+        return
+
+    def linear_dynamic_flop(x_shape: Sequence[int], *args: Any, out_shape: Sequence[int] | None = None,
+                            **kwargs: Any) -> int:
+        return 2 * math.prod(x_shape) * int(out_shape[-1])
+
+    register_flop_formula(op)(linear_dynamic_flop)
+
+
+_register_flop_formula()
+
+
+def _int8_parameter(shape: Sequence[int]) -> nn.Parameter:
+    return nn.Parameter(torch.zeros(tuple(shape), dtype=torch.int8), requires_grad=False)
+
+
+def _is_masked_or_dense(module: nn.Module, name: str) -> torch.Tensor:
+    """The weight as the forward pass sees it (pruning masks applied)."""
+    return getattr(module, name).detach()
+
+
+# ------------------------------------------------------------------------------------------- Linear
+class Int8Linear(nn.Module):
+    """``nn.Linear`` with an int8 weight and per-output-channel scales.
+
+    >>> layer = Int8Linear.from_float(nn.Linear(8, 4))
+    >>> layer(torch.randn(2, 8)).shape
+    torch.Size([2, 4])
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, kernel: str = "dynamic") -> None:
+        super().__init__()
+        if kernel not in ("dynamic", "weight-only"):
+            raise ValueError(f"kernel={kernel!r} must be 'dynamic' or 'weight-only'")
+        self.in_features, self.out_features, self.kernel = int(in_features), int(out_features), kernel
+        self.weight = _int8_parameter((out_features, in_features))
+        self.register_buffer("scale", torch.ones(out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self._packed: Any = None
+        self._packed_key: tuple | None = None
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, kernel: str = "dynamic") -> "Int8Linear":
+        """Quantize an ``nn.Linear`` (masked or not); the original is left unchanged."""
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, kernel)
+        q, scale = quantize_per_channel(_is_masked_or_dense(linear, "weight"))
+        layer.to(linear.weight.device)
+        with torch.no_grad():
+            layer.weight.copy_(q)
+            layer.scale.copy_(scale)
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias.detach())
+        return layer
+
+    def torchslim_spec(self) -> dict[str, Any]:
+        """Constructor arguments, for :func:`torchslim.save`."""
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias is not None, "kernel": self.kernel}
+
+    @classmethod
+    def from_torchslim_spec(cls, spec: dict[str, Any]) -> "Int8Linear":
+        """Rebuild an empty layer from :meth:`torchslim_spec`; the weights come from the state dict."""
+        return cls(**spec)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float weight this layer computes with (``int8 * scale``)."""
+        return dequantize(self.weight, self.scale, dtype)
+
+    def _use_kernel(self, x: torch.Tensor) -> bool:
+        if self.kernel != "dynamic" or x.device.type != "cpu" or x.dtype != torch.float32:
+            return False
+        if x.requires_grad or (self.training and torch.is_grad_enabled()):
+            return False  # the int8 kernel has no backward; training sees the dequantized weight
+        return dynamic_kernel() is not None
+
+    def _packed_weight(self) -> Any:
+        key = (self.weight.data_ptr(), self.weight._version, self.scale.data_ptr(), self.scale._version)
+        if self._packed is None or self._packed_key != key:
+            self._packed = _prepack(self.weight.detach(), self.scale.detach())
+            self._packed_key = key
+        return self._packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._use_kernel(x):
+            out = torch.ops.quantized.linear_dynamic(x, self._packed_weight(), True)
+            return out if self.bias is None else out + self.bias
+        return F.linear(x, self.dequantized_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the packed kernel weight is a cache (a TorchScript object): rebuilt on first use after a copy
+        state = dict(self.__dict__)
+        state["_packed"], state["_packed_key"] = None, None
+        return state
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, kernel={self.kernel}")
+
+
+# ------------------------------------------------------------------------------------------- Conv
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+class Int8Conv(nn.Module):
+    """``nn.Conv1d``/``Conv2d``/``Conv3d`` (``padding_mode="zeros"``) with an int8 weight, weight-only.
+
+    The forward dequantizes the weight and runs the float convolution: the model is 4x smaller on disk
+    and in memory, with the float model's speed.
+    """
+
+    def __init__(self, dims: int, in_channels: int, out_channels: int, kernel_size: Sequence[int],
+                 stride: Sequence[int], padding: Sequence[int] | str, dilation: Sequence[int], groups: int = 1,
+                 bias: bool = True) -> None:
+        super().__init__()
+        if dims not in _CONV:
+            raise ValueError(f"dims={dims} must be 1, 2 or 3")
+        self.dims, self.in_channels, self.out_channels, self.groups = int(dims), int(in_channels), int(out_channels), int(groups)
+        self.kernel_size, self.stride, self.dilation = tuple(kernel_size), tuple(stride), tuple(dilation)
+        self.padding = padding if isinstance(padding, str) else tuple(padding)
+        self.weight = _int8_parameter((out_channels, in_channels // groups, *self.kernel_size))
+        self.register_buffer("scale", torch.ones(out_channels))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+
+    @classmethod
+    def from_float(cls, conv: nn.modules.conv._ConvNd) -> "Int8Conv":
+        """Quantize a Conv layer (masked or not); the original is left unchanged."""
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"padding_mode={conv.padding_mode!r} is not supported (only 'zeros')")
+        dims = len(conv.kernel_size)
+        layer = cls(dims, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, conv.bias is not None)
+        q, scale = quantize_per_channel(_is_masked_or_dense(conv, "weight"))
+        layer.to(conv.weight.device)
+        with torch.no_grad():
+            layer.weight.copy_(q)
+            layer.scale.copy_(scale)
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias.detach())
+        return layer
+
+    def torchslim_spec(self) -> dict[str, Any]:
+        """Constructor arguments, for :func:`torchslim.save`."""
+        return {"dims": self.dims, "in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": list(self.kernel_size), "stride": list(self.stride),
+                "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
+                "dilation": list(self.dilation), "groups": self.groups, "bias": self.bias is not None}
+
+    @classmethod
+    def from_torchslim_spec(cls, spec: dict[str, Any]) -> "Int8Conv":
+        """Rebuild an empty layer from :meth:`torchslim_spec`; the weights come from the state dict."""
+        return cls(**spec)
+
+    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float weight this layer computes with (``int8 * scale``)."""
+        return dequantize(self.weight, self.scale, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return _CONV[self.dims](x, self.dequantized_weight(x.dtype), bias, self.stride, self.padding,
+                                self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, groups={self.groups}, dims={self.dims}, weight-only int8")
+
+
+# ------------------------------------------------------------------------------------------- LSTM
+class Int8LSTM(nn.Module):
+    """``nn.LSTM`` with int8 weight matrices (weight-only; biases stay float).
+
+    The child ``lstm`` is an ``nn.LSTM`` without parameters that supplies the recurrence: each forward
+    runs it through :func:`torch.func.functional_call` with the dequantized weights, then drops them,
+    so only the int8 copies persist. Tools that look for ``nn.LSTM`` modules (MAC counting) see it.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0) -> None:
+        super().__init__()
+        lstm = nn.LSTM(input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
+                       bidirectional=bidirectional, proj_size=proj_size, device="meta")
+        self.names = list(lstm._flat_weights_names)
+        shapes = {name: tuple(getattr(lstm, name).shape) for name in self.names}
+        for name in self.names:
+            delattr(lstm, name)
+        lstm._flat_weights = [None] * len(self.names)
+        self.lstm = lstm
+        for name in self.names:
+            if name.startswith("weight"):
+                setattr(self, name, _int8_parameter(shapes[name]))
+                self.register_buffer(f"{name}_scale", torch.ones(shapes[name][0]))
+            else:
+                setattr(self, name, nn.Parameter(torch.zeros(shapes[name])))
+
+    @classmethod
+    def from_float(cls, lstm: nn.LSTM) -> "Int8LSTM":
+        """Quantize an ``nn.LSTM`` (masked or not); the original is left unchanged."""
+        layer = cls(**_lstm_args(lstm))
+        layer.to(next(lstm.parameters()).device)
+        with torch.no_grad():
+            for name in layer.names:
+                value = _is_masked_or_dense(lstm, name)
+                if name.startswith("weight"):
+                    q, scale = quantize_per_channel(value)
+                    getattr(layer, name).copy_(q)
+                    getattr(layer, f"{name}_scale").copy_(scale)
+                else:
+                    getattr(layer, name).copy_(value)
+        return layer
+
+    def torchslim_spec(self) -> dict[str, Any]:
+        """Constructor arguments, for :func:`torchslim.save`."""
+        return _lstm_args(self.lstm)
+
+    @classmethod
+    def from_torchslim_spec(cls, spec: dict[str, Any]) -> "Int8LSTM":
+        """Rebuild an empty layer from :meth:`torchslim_spec`; the weights come from the state dict."""
+        return cls(**spec)
+
+    def forward(self, input: Any, hx: Any = None) -> Any:
+        dtype = input.data.dtype if isinstance(input, nn.utils.rnn.PackedSequence) else input.dtype
+        params = {}
+        for name in self.names:
+            value = getattr(self, name)
+            params[name] = dequantize(value, getattr(self, f"{name}_scale"), dtype) if name.startswith("weight") \
+                else value.to(dtype)
+        self.lstm.train(self.training)
+        args = (input,) if hx is None else (input, hx)
+        try:
+            return torch.func.functional_call(self.lstm, params, args, strict=False)
+        finally:
+            self.lstm._flat_weights = [None] * len(self.names)  # do not keep the float copies alive
+
+    def extra_repr(self) -> str:
+        return "weight-only int8"
+
+
+def _lstm_args(lstm: nn.LSTM) -> dict[str, Any]:
+    return {"input_size": lstm.input_size, "hidden_size": lstm.hidden_size, "num_layers": lstm.num_layers,
+            "bias": lstm.bias, "batch_first": lstm.batch_first, "dropout": float(lstm.dropout),
+            "bidirectional": lstm.bidirectional, "proj_size": lstm.proj_size}
+
+
+#: The module kinds this package puts into models (registered with torchslim for save/load).
+MODULE_KINDS: tuple[type[nn.Module], ...] = (Int8Linear, Int8Conv, Int8LSTM)
