@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml $(CONTRIB)
 	touch $@
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider
 
 demo: $(STAMP)
 	$(VENV)/bin/torchslim demo

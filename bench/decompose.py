@@ -38,7 +38,7 @@ from torch import nn
 
 import torchslim
 from torchslim.batches import call_model
-from torchslim.decompose import GramCollector, compute_spectrum, factorize, macs_per_rank, weight_matrix
+from torchslim.decompose import GramCollector, compute_spectrum, factorize, weight_matrix
 from torchslim.measure import count_macs
 from torchslim.plugins.svd import SVDDecomposition
 from torchslim.report import rows_table

@@ -14,7 +14,6 @@ Recipe::
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal
@@ -61,6 +60,19 @@ class _Layer:
 
     def factor_macs(self, kind: str, rank: int) -> int:
         return factor_macs(self.module, kind, rank, self.in_shape, self.out_shape) * self.calls
+
+
+@dataclass
+class _Trials:
+    """Factor modules built and timed so far, and the layers kept because their factors were slow."""
+
+    built: dict[tuple[str, str, int], nn.Module] = field(default_factory=dict)
+    timings: dict[tuple[str, str, int], tuple[float, float]] = field(default_factory=dict)
+    slow: dict[str, str] = field(default_factory=dict)
+
+
+def _key(layer: _Layer) -> tuple[str, str, int]:
+    return (layer.name, layer.kind, layer.rank or 0)
 
 
 class SVDDecomposition:
@@ -174,69 +186,83 @@ class SVDDecomposition:
                                                        damping=opts.damping, **stats)
         spectrum_seconds = time.perf_counter() - spectrum_start
 
-        timings: dict[tuple[str, str, int], tuple[float, float]] = {}
-        built: dict[tuple[str, str, int], nn.Module] = {}
-        slow: dict[str, str] = {}
+        trial = _Trials()
         info: dict[str, Any] = {}
+        needed = 0.0
         if opts.rank_rule == "mac_ratio":
             targeted = sum(layer.macs for layer in layers) + unfactorizable_macs
             base = macs_before if opts.mac_scope == "model" else targeted
             needed = base * (1.0 - opts.mac_ratio)
             info["target_macs"] = int(base * opts.mac_ratio)
-            for _ in range(6):  # re-spread the budget without the layers that did not get faster
-                active = [layer for layer in layers if layer.name not in slow]
-                self._allocate(active, needed, opts)
-                newly = self._check_latency(active, opts, built, timings, slow)
-                if not newly:
-                    break
-            for layer in layers:
-                if layer.name not in slow and layer.rank is None:
-                    skipped.append((layer.name, "mac_ratio: the budget was met by cheaper cuts elsewhere"))
+            self._budget_ranks(layers, needed, opts, trial, skipped)
         else:
-            for layer in layers:
-                self._fixed_rank(layer, opts)
-                if layer.rank is not None and layer.factor_macs(layer.kind, layer.rank) >= layer.macs:
-                    skipped.append((layer.name, f"rank {layer.rank} ({layer.kind}) needs "
-                                                f"{layer.factor_macs(layer.kind, layer.rank):,} MACs >= the "
-                                                f"original {layer.macs:,}: no reduction"))
-                    layer.rank = None
-            self._check_latency(layers, opts, built, timings, slow)
+            self._fixed_ranks(layers, opts, trial, skipped)
 
-        report = []
-        replacements = []
-        saved = 0
-        for layer in layers:
-            if layer.name in slow:
-                report.append(self._row(layer, None, timings.get(self._key(layer)), slow[layer.name]))
-                continue
-            if layer.rank is None:
-                continue
-            module = built.get(self._key(layer)) or factorize(layer.module, layer.spectra[layer.kind], layer.rank)
-            warning = ""
-            timing = timings.get(self._key(layer))
-            if timing is not None and timing[1] > timing[0]:
-                warning = f"slower: {timing[0] / timing[1]:.2f}x the original's speed (min_speedup={opts.min_speedup})"
-            report.append(self._row(layer, module, timing, warning))
-            replacements.append((layer.name, module))
-            saved += layer.macs - layer.factor_macs(layer.kind, layer.rank)
-        for name, module in replacements:
-            _replace(model, name, module)
+        report, saved = self._apply(model, layers, trial, opts)
         macs_after = macs_before - saved
         info.update({
-            "layers_decomposed": len(replacements), "layers_kept_slower": len(slow), "layers_skipped": len(skipped),
+            "layers_decomposed": sum(1 for row in report if row["rank"] is not None),
+            "layers_kept_slower": len(trial.slow), "layers_skipped": len(skipped),
             "macs_before": macs_before, "macs_after": macs_after,
             "mac_ratio": macs_after / macs_before if macs_before else 1.0,
             "data_aware": opts.data_aware, "seconds": time.perf_counter() - start,
             "spectrum_seconds": spectrum_seconds,
         })
-        if opts.rank_rule == "mac_ratio":
-            if saved + 1e-9 < needed:
-                message = (f"{where}: mac_ratio={opts.mac_ratio} ({opts.mac_scope}) not reached: "
-                           f"{macs_after:,} MACs of {macs_before:,}; {len(slow)} layer(s) kept because their "
-                           f"factors were not faster. Lower min_speedup, widen targets or raise mac_ratio.")
-                info["warning"] = message
-                log.warning(message)
+        if opts.rank_rule == "mac_ratio" and saved + 1e-9 < needed:
+            message = (f"{where}: mac_ratio={opts.mac_ratio} ({opts.mac_scope}) not reached: "
+                       f"{macs_after:,} MACs of {macs_before:,}; {len(trial.slow)} layer(s) kept because their "
+                       f"factors were not faster. Lower min_speedup, widen targets or raise mac_ratio.")
+            info["warning"] = message
+            log.warning(message)
         return torchslim.StepResult(model=model, report=report, skipped=skipped, info=info)
+
+    def _budget_ranks(self, layers: list[_Layer], needed: float, opts: "SVDDecomposition.Options",
+                      trial: "_Trials", skipped: list[tuple[str, str]]) -> None:
+        """Spread ``needed`` MAC savings; re-spread without the layers whose factors were not faster."""
+        for _ in range(6):
+            active = [layer for layer in layers if layer.name not in trial.slow]
+            self._allocate(active, needed, opts)
+            if not self._check_latency(active, opts, trial):
+                break
+        for layer in layers:
+            if layer.name not in trial.slow and layer.rank is None:
+                skipped.append((layer.name, "mac_ratio: the budget was met by cheaper cuts elsewhere"))
+
+    def _fixed_ranks(self, layers: list[_Layer], opts: "SVDDecomposition.Options", trial: "_Trials",
+                     skipped: list[tuple[str, str]]) -> None:
+        """Ranks by ``rank``/``rank_ratio``/``energy``; layers whose factors save no MACs are skipped."""
+        for layer in layers:
+            self._fixed_rank(layer, opts)
+            factor = layer.factor_macs(layer.kind, layer.rank)
+            if factor >= layer.macs:
+                skipped.append((layer.name, f"rank {layer.rank} ({layer.kind}) needs {factor:,} MACs >= the "
+                                            f"original {layer.macs:,}: no reduction"))
+                layer.rank = None
+        self._check_latency(layers, opts, trial)
+
+    def _apply(self, model: nn.Module, layers: list[_Layer], trial: "_Trials",
+               opts: "SVDDecomposition.Options") -> tuple[list[dict[str, Any]], int]:
+        """Swap in the chosen factor modules; return the report rows and the MACs saved."""
+        report, replacements, saved = [], [], 0
+        for layer in layers:
+            key = _key(layer)
+            if layer.name in trial.slow:
+                report.append(self._row(layer, None, trial.timings.get(key), trial.slow[layer.name]))
+                continue
+            if layer.rank is None:
+                continue
+            module = trial.built.get(key) or factorize(layer.module, layer.spectra[layer.kind], layer.rank)
+            timing = trial.timings.get(key)
+            warning = ""
+            if timing is not None and timing[1] > timing[0]:
+                warning = (f"slower: {timing[0] / timing[1]:.2f}x the original's speed "
+                           f"(kept as min_speedup={opts.min_speedup})")
+            report.append(self._row(layer, module, timing, warning))
+            replacements.append((layer.name, module))
+            saved += layer.macs - layer.factor_macs(layer.kind, layer.rank)
+        for name, module in replacements:
+            _replace(model, name, module)
+        return report, saved
 
     # ------------------------------------------------------------------ pieces
     def _capture(self, model: nn.Module, example_inputs: Any, selected: list[tuple[str, nn.Module]],
@@ -302,10 +328,6 @@ class SVDDecomposition:
             raise ModelError(f"{where}: data_aware needs calibration batches but none came; pass train_data")
         return collector
 
-    @staticmethod
-    def _key(layer: _Layer) -> tuple[str, str, int]:
-        return (layer.name, layer.kind, layer.rank or 0)
-
     def _fixed_rank(self, layer: _Layer, opts: "SVDDecomposition.Options") -> None:
         """Rank by ``rank``/``rank_ratio``/``energy``; with several kinds the one with fewer MACs."""
         best = None
@@ -340,25 +362,25 @@ class SVDDecomposition:
         rank = min(spectrum.full_rank, max(1, int(share * layer.macs / layer.cost_per_rank(kind))))
         return spectrum.error_at(rank)
 
-    def _check_latency(self, layers: list[_Layer], opts: "SVDDecomposition.Options",
-                       built: dict, timings: dict, slow: dict[str, str]) -> list[str]:
-        """Time each layer's candidate factors; record (in ``slow``) and return those not fast enough."""
+    def _check_latency(self, layers: list[_Layer], opts: "SVDDecomposition.Options", trial: "_Trials") -> list[str]:
+        """Time each layer's candidate factors; record (in ``trial.slow``) and return those not fast enough."""
         if not opts.measure_latency:
             return []
         newly = []
         for layer in layers:
-            if layer.rank is None or layer.name in slow:
+            if layer.rank is None or layer.name in trial.slow:
                 continue
-            key = self._key(layer)
-            if key not in built:
-                built[key] = factorize(layer.module, layer.spectra[layer.kind], layer.rank)
-            if key not in timings:
-                timings[key] = _time_pair(layer.module, built[key], layer.x, opts.latency_runs)
-            before, after = timings[key]
+            key = _key(layer)
+            if key not in trial.built:
+                trial.built[key] = factorize(layer.module, layer.spectra[layer.kind], layer.rank)
+            if key not in trial.timings:
+                trial.timings[key] = _time_pair(layer.module, trial.built[key], layer.x, opts.latency_runs)
+            before, after = trial.timings[key]
             if before < opts.min_speedup * after:
                 cut = layer.macs / max(1, layer.factor_macs(layer.kind, layer.rank))
-                slow[layer.name] = (f"kept original: rank-{layer.rank} {layer.kind} factors cut MACs {cut:.2f}x "
-                                    f"but ran {before / after:.2f}x as fast (min_speedup={opts.min_speedup})")
+                trial.slow[layer.name] = (
+                    f"kept original: rank-{layer.rank} {layer.kind} factors cut MACs {cut:.2f}x but ran "
+                    f"{before / after:.2f}x as fast (min_speedup={opts.min_speedup})")
                 newly.append(layer.name)
         return newly
 
