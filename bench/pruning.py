@@ -31,9 +31,10 @@ import platform
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from tabulate import tabulate
@@ -83,15 +84,6 @@ def finetune_direct(model: nn.Module, options: dict[str, Any], train, seed: int)
     return SGDFinetune().finetune(model=model, step=sgd_step(options), context=context).model
 
 
-def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
-
-
 def show(title: str, rows: list[dict[str, Any]]) -> None:
     print(f"\n## {title}\n")
     print(tabulate(rows, headers="keys", floatfmt=".4f") if rows else "(no rows)")
@@ -99,6 +91,20 @@ def show(title: str, rows: list[dict[str, Any]]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ digits
+
+def digits_rows(raw: list[dict[str, Any]], sparsities: list[float]) -> list[dict[str, Any]]:
+    """Mean accuracy per method and sparsity (plus torch.prune before fine-tuning) from the per-seed runs."""
+    def mean(method: str, s: float, key: str = "accuracy") -> float:
+        return statistics.mean(r[key] for r in raw if r["method"] == method and r["sparsity"] == s and key in r)
+
+    dense = statistics.mean(r["accuracy"] for r in raw if r["method"] == "dense")
+    rows = [{"method": "dense", **{f"{round(s * 100)}%": dense for s in sparsities}},
+            {"method": "torch.prune, no fine-tuning",
+             **{f"{round(s * 100)}%": mean("torch.prune + finetune", s, "before_finetune") for s in sparsities}}]
+    for method in dict.fromkeys(r["method"] for r in raw if r["method"] != "dense"):
+        rows.append({"method": method, **{f"{round(s * 100)}%": mean(method, s) for s in sparsities}})
+    return rows
+
 
 def bench_digits(quick: bool, seeds: list[int]) -> dict[str, Any]:
     """Accuracy after pruning + fine-tuning: torch.nn.utils.prune vs torchslim one-shot and gradual."""
@@ -147,25 +153,19 @@ def bench_digits(quick: bool, seeds: list[int]) -> dict[str, Any]:
                         "accuracy": accuracy(one, test)})
             gradual = engine.run(dense, {"steps": [
                 {"compress": {"method": "magnitude", "sparsity": s, "scope": "global", "rounds": cfg["rounds"],
-                              "between": {"method": "sgd", "epochs": between_epochs, **ft}}},
+                              # steady lr between rounds, as Zhu & Gupta train on while pruning
+                              "between": {"method": "sgd", "epochs": between_epochs, "schedule": "constant", **ft}}},
                 {"finetune": {"method": "sgd", "epochs": final_epochs, **ft}},
             ], "evaluate": []}, train_data=train, seed=seed).model
             raw.append({"seed": seed, "method": f"torchslim gradual ({cfg['rounds']} rounds)", "sparsity": s,
                         "accuracy": accuracy(gradual, test)})
             print(f"  seed {seed} sparsity {s}: " + ", ".join(
                 f"{r['method']} {r['accuracy']:.4f}" for r in raw[-3:]), flush=True)
-    methods = list(dict.fromkeys(r["method"] for r in raw))
-    dense_mean = statistics.mean(r["accuracy"] for r in raw if r["method"] == "dense")
-    for method in methods[1:]:
-        row: dict[str, Any] = {"method": method}
-        for s in cfg["sparsities"]:
-            accs = [r["accuracy"] for r in raw if r["method"] == method and r["sparsity"] == s]
-            row[f"{int(s * 100)}%"] = statistics.mean(accs)
-        rows.append(row)
-    rows.insert(0, {"method": "dense", **{f"{int(s * 100)}%": dense_mean for s in cfg["sparsities"]}})
+    rows = digits_rows(raw, cfg["sparsities"])
     show(f"digits CNN: test accuracy, mean of {len(seeds)} seed(s), {budget} fine-tune epochs in every method", rows)
     return {"config": {**cfg, "seeds": seeds, "total_finetune_epochs": budget,
-                       "gradual": f"{cfg['rounds']} rounds, {between_epochs} epoch between, {final_epochs} after"},
+                       "gradual": f"{cfg['rounds']} rounds, {between_epochs} epoch (constant lr) between, "
+                                  f"{final_epochs} after"},
             "rows": rows, "runs": raw}
 
 
@@ -328,7 +328,7 @@ def bench_minilm(quick: bool) -> dict[str, Any]:
         row: dict[str, Any] = {"criterion": label, "scope": scope}
         for r in raw:
             if r["criterion"] == label and r["scope"] == scope:
-                row[f"{int(r['sparsity'] * 100)}%"] = r["cosine"]
+                row[f"{round(r['sparsity'] * 100)}%"] = r["cosine"]
         rows.append(row)
     show(f"MiniLM-L6: mean embedding cosine to dense on {len(eval_texts)} held-out sentences "
          f"(calibration: {len(calib_texts)} others), Linear layers, no fine-tuning", rows)
@@ -383,9 +383,19 @@ def bench_size(quick: bool) -> dict[str, Any]:
         for s in [0.5, 0.8, 0.9, 0.95]:
             pruned = copy.deepcopy(model)
             prune(pruned, sparsity=s, scope="global")
-            row[f"{int(s * 100)}%"] = saved_size_bytes(pruned) / dense
+            row[f"{round(s * 100)}%"] = saved_size_bytes(pruned) / dense
+        # what torch.nn.utils.prune users get: torch.save of the pruned state dict (weight_orig + mask)
+        baseline = copy.deepcopy(model)
+        torch_prune.global_unstructured(prunable(baseline), pruning_method=torch_prune.L1Unstructured, amount=0.9)
+        with tempfile.TemporaryDirectory() as scratch:
+            torch.save(baseline.state_dict(), Path(scratch) / "model.pt")
+            plain = copy.deepcopy(model)
+            torch.save(plain.state_dict(), Path(scratch) / "dense.pt")
+            row["torch.prune 90% + torch.save"] = ((Path(scratch) / "model.pt").stat().st_size
+                                                   / (Path(scratch) / "dense.pt").stat().st_size)
         rows.append(row)
-    show("saved size relative to dense (torchslim.save, unstructured global pruning)", rows)
+    show("saved size relative to dense (torchslim.save, unstructured global pruning; last column: "
+         "torch.nn.utils.prune + torch.save vs torch.save of the dense model)", rows)
     return {"rows": rows}
 
 

@@ -52,6 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     run.add_argument("--device", default=None, help="torch device (default: the model's)")
 
+    check = sub.add_parser("check", help="pre-flight a recipe: layers touched/skipped, expected change",
+                           description="Dry-run the recipe's compress/accelerate steps on a copy of the "
+                                       "model (fine-tuning is listed, not run) and show which layers each "
+                                       "step touches, skips or cannot handle, with MACs/params/size "
+                                       "before and after. Exit code 1 when a step cannot run.")
+    check.add_argument("recipe", nargs="?", help="recipe file (.yaml/.yml/.json)")
+    check.add_argument("--strategy", help="check a registered strategy instead of a recipe file")
+    check.add_argument("--model", required=True, metavar="MODULE:FACTORY", help="callable returning the model")
+    check.add_argument("--weights", metavar="FILE", help="optional .safetensors state dict for the model")
+    check.add_argument("--data", metavar="MODULE:FACTORY", help="data factory, as for run (for calibration)")
+    check.add_argument("--input-shape", metavar="SHAPE", help="example input shape, e.g. 1x3x224x224")
+    check.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     export = sub.add_parser("export", help="export a saved model to ONNX and/or TorchScript",
                             description="Rebuild a model saved by torchslim (run --out DIR/model, or "
                                         "torchslim.save) on a fresh base model and export it, checking "
@@ -210,7 +223,7 @@ def write_outputs(result, out: Path) -> list[Path]:
     return [report_md, report_json, Path(model_dir)]
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _engine_and_recipe(args: argparse.Namespace):
     from .engine import Engine
 
     if bool(args.recipe) == bool(args.strategy):
@@ -218,16 +231,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     engine = Engine()
     if args.recipe and not Path(args.recipe).is_file():
         raise UsageError(f"recipe file {args.recipe!r} does not exist")
-    recipe = engine.recipe(Path(args.recipe) if args.recipe else args.strategy)
     if args.strategy and args.strategy not in engine.registry.strategies:
-        raise UsageError(f"unknown strategy {args.strategy!r}")
+        known = ", ".join(sorted(engine.registry.strategies)) or "none"
+        raise UsageError(f"unknown strategy {args.strategy!r}; installed strategies: {known}")
+    return engine, engine.recipe(Path(args.recipe) if args.recipe else args.strategy)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    engine, recipe = _engine_and_recipe(args)
+    model = _build_model(args)
+    data = _data_kwargs(args.data)
+    inputs = _example_inputs(args, data)
+    kwargs = {k: v for k, v in data.items() if k in ("train_data", "eval_data")}
+    report = engine.check(model, recipe, inputs, **kwargs)
+    print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report.table())
+    return 0 if report.ok else EXIT_FAILED
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    engine, recipe = _engine_and_recipe(args)
     model = _build_model(args)
     data = _data_kwargs(args.data)
     result = engine.run(model, recipe, seed=args.seed, device=args.device, out_dir=Path(args.out), **data)
-    print(result.table())
-    _print_plots(result)
-    written = write_outputs(result, Path(args.out))
-    print("wrote " + ", ".join(str(p) for p in written))
+    from . import distributed
+
+    if distributed.is_main():  # under torchrun, rank 0 alone prints and writes
+        print(result.table())
+        _print_plots(result)
+        written = write_outputs(result, Path(args.out))
+        print("wrote " + ", ".join(str(p) for p in written))
     return 0 if result.constraints_met else EXIT_FAILED
 
 
@@ -267,7 +299,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _example_inputs(args: argparse.Namespace) -> tuple:
+def _example_inputs(args: argparse.Namespace, data: dict[str, Any] | None = None) -> tuple:
     import torch
 
     from .batches import split_batch
@@ -278,15 +310,16 @@ def _example_inputs(args: argparse.Namespace) -> tuple:
         except ValueError:
             raise UsageError(f"--input-shape {args.input_shape!r} must look like 1x3x224x224") from None
         return (torch.zeros(shape),)
-    if args.data:
+    if data is None and args.data:
         data = _data_kwargs(args.data)
+    if data:
         if data.get("example_inputs") is not None:
             inputs = data["example_inputs"]
             return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
         loader = data.get("eval_data") or data.get("train_data")
         inputs, _ = split_batch(next(iter(loader)))
         return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-    raise UsageError("export needs an example input: give --input-shape 1x3x224x224 or --data MODULE:FACTORY")
+    raise UsageError(f"{args.command} needs an example input: give --input-shape 1x3x224x224 or --data MODULE:FACTORY")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -306,7 +339,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "plugins": cmd_plugins, "strategies": cmd_strategies, "run": cmd_run, "export": cmd_export,
+    "plugins": cmd_plugins, "strategies": cmd_strategies, "run": cmd_run, "check": cmd_check,
+    "export": cmd_export,
     "demo": cmd_demo,
 }
 

@@ -9,7 +9,8 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from .batches import call_model, iterate, split_batch, to_device
+from .batches import call_model, first_tensor, iterate, split_batch, to_device
+from .errors import DataError
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 MetricFn = Callable[[nn.Module, Iterable], float]
@@ -24,7 +25,8 @@ class RunContext:
         eval_data: iterable of evaluation batches, or None.
         example_inputs: a tuple of positional inputs for one forward pass (shape probes, MACs, latency).
         original_model: the untouched input model in eval mode with gradients off (teacher, calibration).
-            It is a copy: plugins must not change it.
+            It is a copy, made on first access (so runs that never ask for it do not hold a second
+            copy in memory): plugins must not change it.
         loss_fn: ``loss_fn(output, target) -> scalar``; cross-entropy when the user gave none.
         metric_fn: the user's ``metric_fn(model, eval_data) -> float``, replacing top-1 accuracy.
         device: where the model runs.
@@ -39,7 +41,8 @@ class RunContext:
     train_data: Iterable | None = None
     eval_data: Iterable | None = None
     example_inputs: tuple = ()
-    original_model: nn.Module | None = None
+    original_factory: Callable[[], nn.Module] | None = field(default=None, repr=False)
+    _original: nn.Module | None = field(default=None, repr=False)
     loss_fn: LossFn | None = None
     metric_fn: MetricFn | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
@@ -61,6 +64,17 @@ class RunContext:
         if self.runner is None:
             raise RuntimeError("run_step needs a context created by torchslim.Engine")
         return self.runner(model, step)
+
+    @property
+    def original_model(self) -> nn.Module | None:
+        """The untouched input model (eval mode, no gradients), copied on first access."""
+        if self._original is None and self.original_factory is not None:
+            self._original = self.original_factory()
+        return self._original
+
+    @original_model.setter
+    def original_model(self, model: nn.Module | None) -> None:
+        self._original = model
 
     def loss(self, output: Any, target: Any) -> torch.Tensor:
         """The task loss: the user's ``loss_fn`` or cross-entropy on logits."""
@@ -84,12 +98,36 @@ class RunContext:
             inputs, _ = split_batch(batch)
             yield to_device(inputs, self.device)
 
-    def forward(self, model: nn.Module, inputs: Any) -> Any:
-        """Run ``model`` on ``inputs`` (tensor, tuple or dict) on the context's device."""
-        return call_model(model, to_device(inputs, self.device))
+    def forward(self, model: nn.Module, inputs: Any, where: str | None = None) -> Any:
+        """Run ``model`` on ``inputs`` (tensor, tuple or dict) on the context's device.
+
+        When the model fails on inputs whose shape or dtype differ from the example inputs, the
+        failure becomes a :class:`~torchslim.DataError` naming both (``where`` names the batch).
+        """
+        moved = to_device(inputs, self.device)
+        try:
+            return call_model(model, moved)
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            mismatch = describe_mismatch(moved, self.example_inputs)
+            if mismatch is None:
+                raise
+            raise DataError(f"{where or 'a batch'}: {mismatch}; the model failed on it with "
+                            f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
 
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU random generator seeded from the run seed (plus ``offset``)."""
         gen = torch.Generator()
         gen.manual_seed(self.seed + offset)
         return gen
+
+
+def describe_mismatch(inputs: Any, example_inputs: tuple) -> str | None:
+    """How ``inputs`` differ from ``example_inputs`` beyond the batch size, or None when they agree."""
+    got, want = first_tensor(inputs), first_tensor(tuple(example_inputs))
+    if got is None or want is None:
+        return None
+    if tuple(got.shape[1:]) == tuple(want.shape[1:]) and got.dtype == want.dtype:
+        return None
+    return (f"inputs have shape {tuple(got.shape)} and dtype {str(got.dtype).replace('torch.', '')}, but the "
+            f"example inputs have shape {tuple(want.shape)} and dtype {str(want.dtype).replace('torch.', '')} "
+            f"(only the first, batch, dimension may differ)")

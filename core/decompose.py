@@ -16,7 +16,11 @@ The rank-``r`` factors are ``W ~ B @ A`` with ``B = U_r`` (``O' x r``, orthonorm
   activations, where ``G = sum x x^T`` is the Gram matrix of the layer's input patches. Projecting
   ``W`` onto them is exactly the SVD-LLM (2024) solution ``U_r S_r V_r^T L^{-1}`` with ``L`` the
   Cholesky factor of ``G`` (``svd(W L) = U S V^T``), and minimises the output error ``||W X - W' X||``
-  over all rank-``r`` ``W'``. When ``O' > D'`` the same subspace is computed from ``W L`` directly.
+  over all rank-``r`` ``W'``.
+
+When ``O' > D'`` the same ``W'`` comes from the other side, ``W L V_r V_r^T L^-1`` with ``V`` the
+eigenvectors of ``(W L)^T (W L)`` (``L = I`` for plain SVD). Each rank's scale is split evenly between
+the two factors so both train alike.
 
 The eigenvalues (squared singular values of ``W`` or ``W L``) measure what each rank keeps: the sum
 of those dropped is the squared output error (data-aware) or weight error (plain). Working on the
@@ -38,8 +42,8 @@ from .lowrank import ChannelLowRankConv, LowRankLinear, SpatialLowRankConv2d
 
 __all__ = [
     "KINDS", "GramCollector", "RankCurve", "Spectrum", "allocate_ranks", "applicable_kinds", "compute_spectrum",
-    "factor_macs", "factorize", "layer_macs", "macs_per_rank", "rank_for_energy", "rank_for_ratio",
-    "round_rank", "weight_matrix",
+    "factor_macs", "factor_weights", "factorize", "layer_macs", "macs_per_rank", "needed_gram", "rank_for_energy",
+    "rank_for_ratio", "round_rank", "weight_matrix",
 ]
 
 #: Every factorization kind.
@@ -276,6 +280,7 @@ class RankCurve:
     macs: int                  # MACs of the original layer
     cost_per_rank: int         # MACs of the factor module per unit of rank
     energies: torch.Tensor     # (R,) descending, summed over groups
+    weight: float = 1.0        # how much this layer's normalized error costs (its measured sensitivity)
 
 
 def _hull_items(curve: RankCurve, multiple: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -289,7 +294,7 @@ def _hull_items(curve: RankCurve, multiple: int) -> tuple[torch.Tensor, torch.Te
     if ranks.numel() == 0:
         return None
     tail = energies.flip(0).cumsum(0).flip(0)              # tail[k] = energy of directions k..R-1
-    error = tail[ranks] / tail[0].clamp_min(1e-30)          # normalized energy lost at each rank
+    error = curve.weight * tail[ranks] / tail[0].clamp_min(1e-30)  # weighted normalized energy lost
     first_density = error / (curve.macs - cost)
     # From the original layer (cost = MACs, error 0) the first hull point is the cheapest slope; below
     # it the curve is convex, so each further step down in rank has a larger slope than the one before.
@@ -303,9 +308,9 @@ def _hull_items(curve: RankCurve, multiple: int) -> tuple[torch.Tensor, torch.Te
 def allocate_ranks(curves: Sequence[RankCurve], savings_needed: float, multiple: int = 1) -> list[int | None]:
     """Per-layer ranks (None: keep the layer) that save ``savings_needed`` MACs at least error.
 
-    Greedy on the convex hull of every layer's (MACs, normalized energy lost) curve: the steps that
-    lose the least energy per MAC saved go first, whichever layer they belong to, until the savings
-    are reached (or every useful step is taken). Ranks are multiples of ``multiple``.
+    Greedy on the convex hull of every layer's (MACs, normalized energy lost x weight) curve: the
+    steps that lose the least energy per MAC saved go first, whichever layer they belong to, until the
+    savings are reached (or every useful step is taken). Ranks are multiples of ``multiple``.
     """
     chosen: list[int | None] = [None] * len(curves)
     if savings_needed <= 0:
@@ -324,6 +329,16 @@ def allocate_ranks(curves: Sequence[RankCurve], savings_needed: float, multiple:
     taken = order[:count]
     lowest = torch.full((len(curves),), torch.iinfo(torch.long).max, dtype=torch.long)
     lowest.scatter_reduce_(0, owner[taken], ranks[taken], reduce="amin")
+    # The last step taken may overshoot (the first step of a layer is a jump); hand the surplus back
+    # to that layer, the one losing the most per MAC, as extra rank.
+    surplus = float(savings[taken].sum()) - savings_needed
+    last = int(owner[taken[-1]])
+    curve, step = curves[last], max(1, multiple)
+    extra = int(surplus // (curve.cost_per_rank * step)) * step
+    if extra > 0:
+        limit = min(curve.energies.numel() - 1, -(-curve.macs // curve.cost_per_rank) - 1)  # still saves MACs
+        raised = min(int(lowest[last]) + extra, limit // step * step if step > 1 else limit)
+        lowest[last] = max(int(lowest[last]), raised)
     for i in torch.nonzero(lowest < torch.iinfo(torch.long).max).flatten().tolist():
         chosen[i] = int(lowest[i])
     return chosen

@@ -54,8 +54,9 @@ T = TypeVar("T")
 
 __all__ = [
     "launched", "is_distributed", "setup", "rank", "local_rank", "world_size", "is_main", "barrier",
-    "all_reduce_sum", "broadcast_object", "main_only", "fingerprint", "check_identical", "sync_model",
-    "average_buffers", "ShardSampler", "shard_loader", "sharded_loader", "shard_eval", "wrap", "Training", "training",
+    "all_reduce_sum", "broadcast_object", "same_on_every_rank", "main_only", "fingerprint", "check_identical",
+    "sync_model", "average_buffers", "ShardSampler", "shard_loader", "sharded_loader", "shard_eval", "wrap",
+    "Training", "training",
 ]
 
 
@@ -123,7 +124,8 @@ def setup(device: str | torch.device | None = None) -> torch.device | None:
         return None
     device = torch.device(device)
     if distributed and device.type == "cuda":
-        local = torch.device("cuda", torch.cuda.current_device())
+        local = torch.device("cuda", local_rank() % torch.cuda.device_count())
+        torch.cuda.set_device(local)
         if device.index is not None and device.index != local.index:
             log.warning("device %s replaced by %s: under torchrun rank %d uses the GPU of its LOCAL_RANK",
                         device, local, rank())
@@ -174,6 +176,19 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     return box[0]
 
 
+def same_on_every_rank(value: Any) -> bool:
+    """True when every rank passes an equal ``value`` (picklable); every rank must call it.
+
+    It returns only after every rank has called it, so it also orders "everyone has read" before
+    "rank 0 writes".
+    """
+    if not is_distributed():
+        return True
+    every: list[Any] = [None] * world_size()
+    dist.all_gather_object(every, value)
+    return all(v == every[0] for v in every)
+
+
 def main_only(fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 alone while the others wait, and return its result on every rank.
 
@@ -212,11 +227,12 @@ def _structure(model: nn.Module) -> list[tuple[str, str, tuple[int, ...]]]:
     return [(name, str(t.dtype), tuple(t.shape)) for name, t in model.state_dict().items()]
 
 
-def _first_difference(ours: list, theirs: list) -> str:
-    mine, other = dict((n, (d, s)) for n, d, s in ours), dict((n, (d, s)) for n, d, s in theirs)
-    for name in sorted(set(mine) | set(other)):
-        if mine.get(name) != other.get(name):
-            return f"{name}: rank 0 has {other.get(name, 'nothing')}, this rank has {mine.get(name, 'nothing')}"
+def _first_difference(ours: list, theirs: list, other_rank: int) -> str:
+    mine, reference = {n: (d, s) for n, d, s in theirs}, {n: (d, s) for n, d, s in ours}
+    for name in sorted(set(mine) | set(reference)):
+        if mine.get(name) != reference.get(name):
+            return (f"{name}: rank 0 has {reference.get(name, 'nothing')}, "
+                    f"rank {other_rank} has {mine.get(name, 'nothing')}")
     return "the order of the state dict"
 
 
@@ -238,14 +254,15 @@ def check_identical(model: nn.Module, where: str) -> str:
     return digest
 
 
-def sync_model(model: nn.Module, where: str) -> bool:
+def sync_model(model: nn.Module, where: str, *, warn: bool = True) -> bool:
     """Make every rank hold rank 0's model; raise when the ranks' models differ in structure.
 
     Compression runs on every rank; given the same model, data and seed it gives the same masks and
     factor modules. Different parameter names or shapes mean it did not (a plugin used unseeded
     randomness or this rank's data), which no broadcast can fix: that is a
     :class:`~torchslim.ModelError`. Values that differ (last-bit floating-point differences between
-    unlike CPUs or GPUs) are replaced by rank 0's. Returns True when values had to be copied.
+    unlike CPUs or GPUs, or an input model each process initialised at random) are replaced by rank
+    0's, with a warning when ``warn``. Returns True when values had to be copied.
     """
     if not is_distributed():
         return False
@@ -253,18 +270,25 @@ def sync_model(model: nn.Module, where: str) -> bool:
     digests = [None] * world_size()
     dist.all_gather_object(digests, (structure, fingerprint(model)))
     if any(s != digests[0][0] for s, _ in digests):
-        reference = broadcast_object(_structure(model))
+        structures: list[Any] = [None] * world_size()
+        dist.all_gather_object(structures, _structure(model))
         differ = [r for r, (s, _) in enumerate(digests) if s != digests[0][0]]
         raise ModelError(
-            f"{where}: the compressed model's structure differs between ranks {differ} and rank 0 "
-            f"({_first_difference(_structure(model), reference)}); compression must be deterministic "
-            f"given the same model, data and seed on every rank")
+            f"{where}: the model's structure differs between rank 0 and ranks {differ} "
+            f"({_first_difference(structures[0], structures[differ[0]], differ[0])}); compression must be "
+            f"deterministic given the same model, data and seed on every rank")
     if all(v == digests[0][1] for _, v in digests):
         return False
-    log.warning("%s: weights differ between ranks in value only; using rank 0's", where)
+    if warn:
+        log.warning("%s: weights differ between ranks in value only; using rank 0's", where)
     with torch.no_grad():
         for tensor in model.state_dict().values():
-            _broadcast_tensor(tensor)
+            if tensor.is_contiguous():
+                _broadcast_tensor(tensor)
+            else:  # collectives need contiguous memory
+                copy = tensor.contiguous()
+                _broadcast_tensor(copy)
+                tensor.copy_(copy)
     return True
 
 
@@ -438,6 +462,10 @@ def shard_eval(data: Iterable | None, limit: int | None = None) -> tuple[Iterabl
     if (not isinstance(data, DataLoader) or isinstance(data.dataset, IterableDataset) or data.batch_size is None
             or isinstance(_user_sampler(data), DistributedSampler)):
         return data, False
+    if data.generator is not None:
+        # A DataLoader draws its worker base seed before the sampler's order; so do we, to read the
+        # same samples as one process when the eval loader shuffles.
+        torch.empty((), dtype=torch.int64).random_(generator=data.generator)
     order = _rank0_order(data.sampler)
     keep = order.numel() if not data.drop_last else order.numel() // data.batch_size * data.batch_size
     if limit is not None:
@@ -493,7 +521,10 @@ class Training:
     sharding: str
 
     def set_epoch(self, epoch: int) -> None:
-        """Tell a user's ``DistributedSampler`` the epoch (0-based) so it reshuffles; no-op otherwise."""
+        """Call a user's ``DistributedSampler.set_epoch(epoch)`` so it reshuffles; no-op otherwise.
+
+        Pass the same number on every rank (the ``sgd`` method passes a seed drawn from the run seed).
+        """
         if self.sharding == "user":
             sampler = _user_sampler(self.data)  # type: ignore[arg-type]
             if hasattr(sampler, "set_epoch"):

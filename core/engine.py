@@ -13,6 +13,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
+from . import distributed
 from .batches import split_batch
 from .checkpoint import Checkpointer
 from .context import LossFn, MetricFn, RunContext
@@ -152,6 +153,19 @@ class Engine:
             except TorchslimError as exc:
                 raise RecipeError(str(exc)) from None
 
+    def check(self, model: nn.Module, recipe: Recipe | dict | str | Path, example_inputs: Any = None,
+              **kwargs: Any) -> Any:
+        """Pre-flight: which layers each step touches, skips or cannot handle, and the expected change.
+
+        Runs every compress/accelerate step on a copy (fine-tuning is listed, not run) and measures
+        MACs, parameters and saved size before and after each; returns a
+        :class:`~torchslim.preflight.PreflightReport` (``.table()``, ``.to_dict()``, ``.ok``).
+        ``kwargs`` (``train_data``, ``eval_data``, ``seed``) are passed to calibrating methods.
+        """
+        from .preflight import preflight
+
+        return preflight(self, model, recipe, example_inputs, **kwargs)
+
     # ------------------------------------------------------------------ running
     def run(
         self,
@@ -180,19 +194,26 @@ class Engine:
         self.check_targets(model, recipe)
         seed = recipe.seed if recipe.seed is not None else seed
         device = torch.device(device) if device is not None else _model_device(model)
+        # Under torchrun: join the process group; a CUDA device becomes this rank's cuda:LOCAL_RANK.
+        device = distributed.setup(device)
         example_inputs = _example_inputs(example_inputs, eval_data, train_data)
 
         working = _private_copy(model).to(device)
-        original = _private_copy(model).to(device).eval().requires_grad_(False)
+        # Every rank starts from rank 0's model, also when each process initialised it at random.
+        distributed.sync_model(working, "the input model", warn=False)
         context = RunContext(
             train_data=train_data, eval_data=eval_data, example_inputs=example_inputs,
-            original_model=original, loss_fn=loss_fn, metric_fn=metric_fn, device=device, seed=seed,
+            original_factory=lambda: _synced(_private_copy(model).to(device).eval().requires_grad_(False)),
+            loss_fn=loss_fn, metric_fn=metric_fn, device=device, seed=seed,
             recipe=recipe, evaluation=recipe.evaluation,
         )
         context.runner = lambda m, raw: self._run_nested(m, raw, context)
         directions = dict(self.registry.directions())
-        checkpointer = Checkpointer(out_dir, recipe, seed, model) if out_dir is not None else None
+        checkpointer = Checkpointer(out_dir, recipe, seed, working) if out_dir is not None else None
         resumed = checkpointer.resume(_private_copy(model).to(device)) if checkpointer else None
+        if not distributed.same_on_every_rank(len(resumed[2]) if resumed else 0):
+            raise TorchslimError(f"out_dir {str(out_dir)!r}: the ranks see different checkpoints; put out_dir on "
+                                 f"a filesystem every node shares")
         if resumed is not None:
             working, baseline, records = resumed
         else:
@@ -203,10 +224,11 @@ class Engine:
                 continue
             with _reseeded_loader(train_data, seed + index):
                 working, record = self._run_step(working, step, index, context)
+            distributed.sync_model(working, f"step {index} ({step.label})")
             record.metrics = self._evaluate(working, recipe, context)
             records.append(record)
             log.info("step %d (%s) done in %.2fs", index, step.label, record.seconds)
-            if checkpointer is not None:
+            if checkpointer is not None and distributed.is_main():
                 checkpointer.write(working, baseline, records)
         search_summary = None
         if recipe.search is not None:
@@ -220,6 +242,7 @@ class Engine:
             for offset, record in enumerate(found, start=len(records) + 1):
                 record.index = offset
             records += found
+        working.eval()  # the result is for inference; fine-tune it further with .train()
         result = RunResult(model=working, recipe=recipe, baseline=baseline, steps=records,
                            directions=directions, seed=seed, search=search_summary)
         result.constraints = check_constraints(recipe, baseline, result.final, directions)
@@ -361,6 +384,12 @@ def _reseeded_loader(loader: Any, seed: int) -> Iterator[None]:
     finally:
         for gen, state in generators:
             gen.set_state(state)
+
+
+def _synced(model: nn.Module) -> nn.Module:
+    """``model`` holding rank 0's values on every rank (itself in a single process)."""
+    distributed.sync_model(model, "the original model", warn=False)
+    return model
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -59,7 +59,9 @@ def effective_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
             if not parametrize.is_parametrized(module):
                 continue
             for tensor_name, plist in module.parametrizations.items():
-                if id(plist) in seen:
+                # a tied weight masked in two modules has two lists sharing one `original`
+                originals = {id(p) for p in plist.parameters()}
+                if id(plist) in seen or (originals and originals <= seen):
                     continue
                 seen.add(id(plist))
                 seen.update(id(p) for p in plist.parameters())

@@ -152,7 +152,7 @@ def preflight(engine: Any, model: nn.Module, recipe: Recipe | dict | str, exampl
         previews.append(preview)
         if step.stage not in DRY_RUN_STAGES:
             continue
-        preview.before = previews_after(previews[:-1], baseline)
+        preview.before = _start_measures(previews[:-1], baseline)
         single = Recipe(steps=[raw], evaluate=[], evaluation=validated.evaluation, seed=seed + index - 1)
         start = time.perf_counter()
         try:
@@ -173,11 +173,15 @@ def preflight(engine: Any, model: nn.Module, recipe: Recipe | dict | str, exampl
         try:
             _forward(result.model, example_inputs)
             preview.after = _measure(result.model, example_inputs)
-        except Exception as exc:  # noqa: BLE001 - reported, as for a failing step
-            cause = exc.__cause__ if isinstance(exc, _ForwardFailed) else exc
+        except _ForwardFailed as exc:
+            cause = exc.__cause__
             preview.status = CANNOT
             preview.error = (f"the model this step returns fails on the example inputs in eval mode: "
                              f"{type(cause).__name__}: {_one_line(cause)}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - reported, as for a failing step
+            preview.status = CANNOT
+            preview.error = f"the model this step returns cannot be measured: {type(exc).__name__}: {_one_line(exc)}"
             continue
         current = result.model
     search = None
@@ -187,7 +191,7 @@ def preflight(engine: Any, model: nn.Module, recipe: Recipe | dict | str, exampl
     return PreflightReport(baseline=baseline, steps=previews, search=search)
 
 
-def previews_after(previews: list[StepPreview], baseline: dict[str, int | None]) -> dict[str, int | None]:
+def _start_measures(previews: list[StepPreview], baseline: dict[str, int | None]) -> dict[str, int | None]:
     """The measures the next step starts from: after the last step that ran, else the baseline."""
     for preview in reversed(previews):
         if preview.status == OK:

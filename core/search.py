@@ -44,12 +44,22 @@ GRID_POINTS = 8
 
 def strength_field(options_model: type[BaseModel] | None) -> str | None:
     """The name of the Options field marked as the method's strength knob, or None."""
+    found = strength_knob(options_model)
+    return found[0] if found else None
+
+
+def strength_knob(options_model: type[BaseModel] | None) -> tuple[str, str] | None:
+    """``(field, direction)`` of the strength knob: ``"higher"`` (default) when a larger value compresses
+    more (``sparsity``), ``"lower"`` when a smaller one does (``rank_ratio``); None without a knob.
+
+    Declared as ``json_schema_extra={"strength": True}`` (or ``"higher"``) / ``{"strength": "lower"}``.
+    """
     if options_model is None:
         return None
     for name, info in options_model.model_fields.items():
         extra = info.json_schema_extra
         if isinstance(extra, dict) and extra.get("strength"):
-            return name
+            return name, "lower" if extra["strength"] == "lower" else "higher"
     return None
 
 
@@ -82,7 +92,7 @@ class Knob:
     template: Step
     knob: str
     layer: str
-    grid: list[float]
+    grid: list[float]  # knob values ordered from the weakest compression to the strongest
     points: dict[float, dict[str, float]] = field(default_factory=dict)  # strength -> {loss, saving}
 
     @property
@@ -186,10 +196,11 @@ class Searcher:
         for index, template in enumerate(self.search.methods):
             plugin = self.engine.registry.get(template.stage, template.method)
             options_model = getattr(plugin, "Options", None)
-            knob = strength_field(options_model)
-            if knob is None:
+            found = strength_knob(options_model)
+            if found is None:
                 continue
-            grid = self.search.grid or default_grid(options_model, knob)
+            knob, direction = found
+            grid = sorted(self.search.grid or default_grid(options_model, knob), reverse=direction == "lower")
             layers = select_modules(model, template.targets, getattr(plugin, "default_types", WEIGHT_LAYERS))
             out += [Knob(index, template, knob, name, grid) for name, _ in layers]
         return out
@@ -263,9 +274,8 @@ class Searcher:
             for key, knob in by_key.items():
                 current = chosen.get(key)
                 now = knob.points[current] if current is not None else {"loss": 0.0, "saving": 0.0}
-                for strength in knob.grid:
-                    if current is not None and strength <= current:
-                        continue
+                start = knob.grid.index(current) + 1 if current is not None else 0
+                for strength in knob.grid[start:]:
                     point = knob.points[strength]
                     gain = point["saving"] - now["saving"]
                     if gain <= 0:

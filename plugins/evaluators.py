@@ -57,7 +57,7 @@ class Accuracy:
             for index, batch in enumerate(batches, start=1):
                 where = f"eval_data batch {index}" + (f" of rank {distributed.rank()}'s share" if sharded else "")
                 inputs, target = split_batch(batch)
-                logits = logits_of(context.forward(model, inputs), where)
+                logits = logits_of(context.forward(model, inputs, where), where)
                 check_classification_batch(logits, target, where)
                 target = target.to(logits.device)
                 counted = target != IGNORE_INDEX

@@ -144,8 +144,9 @@ class SGDFinetune:
             model.train()
             with _seeded_loader(data) as reseed, tqdm(total=total, desc=where, disable=not show, leave=False) as bar:
                 while done < total:
-                    reseed(int(torch.randint(0, 2**62, (1,), generator=seeds)))
-                    run.set_epoch(epoch)
+                    epoch_seed = int(torch.randint(0, 2**62, (1,), generator=seeds))
+                    reseed(epoch_seed)
+                    run.set_epoch(epoch_seed)  # a user's DistributedSampler shuffles with its seed + this
                     epoch += 1
                     epoch_losses = []
                     seen = 0
@@ -202,7 +203,7 @@ class SGDFinetune:
                     optimizer: torch.optim.Optimizer, params: list[nn.Parameter], where: str,
                     weight: float = 1.0) -> float:
         inputs, target = split_batch(batch)
-        output = context.forward(model, inputs)
+        output = context.forward(model, inputs, where)
         if context.loss_fn is None:
             logits = logits_of(output, where)
             check_classification_batch(logits, target, where, allow_soft=True)

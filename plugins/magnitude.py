@@ -193,7 +193,8 @@ def prune(
     ``options`` (or keyword arguments) are :class:`MagnitudeOptions`; ``targets`` selects modules as
     in a recipe. Calibration inputs come from ``calibration`` (an iterable of model inputs) or else
     ``context.calibration_batches``. Everything is checked and every mask computed before the model is
-    changed, so a failure leaves the model as it was (fine-tuning between rounds aside).
+    changed (with sequential reconstruction, tensors already changed are restored on failure), so a
+    failure leaves the model as it was, fine-tuning between rounds aside.
     """
     opts = _options(options, kwargs)
     targets = Targets.model_validate(targets) if isinstance(targets, dict) else targets

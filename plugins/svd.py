@@ -102,7 +102,7 @@ class SVDDecomposition:
                         "Linear layers always become two Linears")
         rank: int | None = Field(None, ge=1, description="fixed rank (per group) for every layer, capped at full rank")
         rank_ratio: float = Field(
-            0.5, gt=0, le=1, json_schema_extra={"strength": True},
+            0.5, gt=0, le=1, json_schema_extra={"strength": "lower"},
             description="kept fraction of each layer's full rank; used when rank, energy and mac_ratio are "
                         "not given (lower is stronger)")
         energy: float | None = Field(
@@ -113,6 +113,11 @@ class SVDDecomposition:
             None, gt=0, le=1,
             description="MACs after / before to reach; ranks are spread over the layers where the least "
                         "normalized energy is lost per MAC saved")
+        sensitivity: bool = Field(
+            False,
+            description="with mac_ratio: weigh each layer's spectrum by its measured effect on the model's output "
+                        "(one extra forward pass per layer on the example inputs), so the budget goes where the "
+                        "output changes least")
         mac_scope: Literal["model", "targets"] = Field(
             "model", description="what mac_ratio is a fraction of: the whole model's MACs or the targeted layers'")
         rank_multiple: int = Field(
@@ -175,8 +180,7 @@ class SVDDecomposition:
                              f"(or train_data/eval_data) to Engine.run")
         selected = select_modules(model, targets, self.default_types, skip_inside=MODULE_KINDS)
         skipped: list[tuple[str, str]] = []
-        layers, unfactorizable_macs = self._capture(model, example_inputs, selected, opts, skipped)
-        macs_before = count_macs(model, example_inputs)
+        layers, unfactorizable_macs, macs_before = self._capture(model, example_inputs, selected, opts, skipped)
         grams = self._calibrate(model, layers, calibration, where) if opts.data_aware and layers else None
         spectrum_start = time.perf_counter()
         for layer in layers:
@@ -194,7 +198,8 @@ class SVDDecomposition:
             base = macs_before if opts.mac_scope == "model" else targeted
             needed = base * (1.0 - opts.mac_ratio)
             info["target_macs"] = int(base * opts.mac_ratio)
-            self._budget_ranks(layers, needed, opts, trial, skipped)
+            weights = self._sensitivities(model, example_inputs, layers, needed) if opts.sensitivity else {}
+            self._budget_ranks(layers, needed, opts, trial, skipped, weights)
         else:
             self._fixed_ranks(layers, opts, trial, skipped)
 
@@ -209,19 +214,21 @@ class SVDDecomposition:
             "spectrum_seconds": spectrum_seconds,
         })
         if opts.rank_rule == "mac_ratio" and saved + 1e-9 < needed:
-            message = (f"{where}: mac_ratio={opts.mac_ratio} ({opts.mac_scope}) not reached: "
-                       f"{macs_after:,} MACs of {macs_before:,}; {len(trial.slow)} layer(s) kept because their "
-                       f"factors were not faster. Lower min_speedup, widen targets or raise mac_ratio.")
+            why = (f"{len(trial.slow)} layer(s) kept because their factors were not faster (lower min_speedup)"
+                   if trial.slow else "the targeted layers cannot be cut further"
+                   + (f" with ranks in multiples of rank_multiple={opts.rank_multiple}" if opts.rank_multiple > 1 else ""))
+            message = (f"{where}: mac_ratio={opts.mac_ratio} ({opts.mac_scope}) not reached: {macs_after:,} MACs "
+                       f"of {macs_before:,} ({macs_after / macs_before:.3f}); {why}. Widen targets or raise mac_ratio.")
             info["warning"] = message
             log.warning(message)
         return torchslim.StepResult(model=model, report=report, skipped=skipped, info=info)
 
     def _budget_ranks(self, layers: list[_Layer], needed: float, opts: "SVDDecomposition.Options",
-                      trial: "_Trials", skipped: list[tuple[str, str]]) -> None:
+                      trial: "_Trials", skipped: list[tuple[str, str]], weights: dict[str, float]) -> None:
         """Spread ``needed`` MAC savings; re-spread without the layers whose factors were not faster."""
         for _ in range(6):
             active = [layer for layer in layers if layer.name not in trial.slow]
-            self._allocate(active, needed, opts)
+            self._allocate(active, needed, opts, weights)
             if not self._check_latency(active, opts, trial):
                 break
         for layer in layers:
@@ -266,11 +273,12 @@ class SVDDecomposition:
 
     # ------------------------------------------------------------------ pieces
     def _capture(self, model: nn.Module, example_inputs: Any, selected: list[tuple[str, nn.Module]],
-                 opts: "SVDDecomposition.Options", skipped: list[tuple[str, str]]) -> tuple[list[_Layer], int]:
+                 opts: "SVDDecomposition.Options", skipped: list[tuple[str, str]]) -> tuple[list[_Layer], int, int]:
         """Run the example inputs once, recording each targeted layer's input and output shape.
 
-        Returns the factorizable layers and the MACs of the targeted layers that cannot be factorized
-        (they still count toward a ``mac_scope: targets`` budget).
+        Returns the factorizable layers, the MACs of the targeted layers that cannot be factorized
+        (they still count toward a ``mac_scope: targets`` budget) and the whole model's MACs (counted
+        in the same forward pass).
         """
         candidates: dict[str, tuple[nn.Module, list[str]]] = {}
         unfactorizable: dict[str, nn.Module] = {}
@@ -295,10 +303,8 @@ class SVDDecomposition:
 
         hooked = {**{name: module for name, (module, _) in candidates.items()}, **unfactorizable}
         handles = [module.register_forward_hook(hook_for(name)) for name, module in hooked.items()]
-        inputs = example_inputs if isinstance(example_inputs, (tuple, list, dict)) else (example_inputs,)
         try:
-            with eval_mode(model), torch.no_grad():
-                call_model(model, inputs)
+            model_macs = count_macs(model, example_inputs)
         finally:
             for handle in handles:
                 handle.remove()
@@ -313,7 +319,7 @@ class SVDDecomposition:
             layers.append(_Layer(name, module, kinds, x, tuple(x.shape), entry["out_shape"], entry["calls"], macs))
         other = sum(layer_macs(module, tuple(seen[name]["x"].shape), seen[name]["out_shape"]) * seen[name]["calls"]
                     for name, module in unfactorizable.items() if name in seen)
-        return layers, other
+        return layers, other, model_macs
 
     def _calibrate(self, model: nn.Module, layers: list[_Layer], calibration: Iterable[Any],
                    where: str) -> GramCollector:
@@ -345,22 +351,53 @@ class SVDDecomposition:
                 best = (macs, kind, rank)
         _, layer.kind, layer.rank = best
 
-    def _allocate(self, layers: list[_Layer], needed: float, opts: "SVDDecomposition.Options") -> None:
+    def _allocate(self, layers: list[_Layer], needed: float, opts: "SVDDecomposition.Options",
+                  weights: dict[str, float]) -> None:
         """Spread ``needed`` MAC savings over ``layers`` (choosing each layer's kind first when auto)."""
-        share = min(1.0, max(0.0, 1.0 - needed / max(1, sum(layer.macs for layer in layers))))
+        share = _share(layers, needed)
         curves = []
         for layer in layers:
             layer.kind = min(layer.kinds, key=lambda kind: self._error_at_share(layer, kind, share))
             energies = layer.spectra[layer.kind].energies.sum(0)
-            curves.append(RankCurve(layer.macs, layer.cost_per_rank(layer.kind), energies))
+            curves.append(RankCurve(layer.macs, layer.cost_per_rank(layer.kind), energies,
+                                    weights.get(layer.name, 1.0)))
         for layer, rank in zip(layers, allocate_ranks(curves, needed, opts.rank_multiple)):
             layer.rank = rank
 
     @staticmethod
     def _error_at_share(layer: _Layer, kind: str, share: float) -> float:
-        spectrum = layer.spectra[kind]
-        rank = min(spectrum.full_rank, max(1, int(share * layer.macs / layer.cost_per_rank(kind))))
-        return spectrum.error_at(rank)
+        return layer.spectra[kind].error_at(_rank_at_share(layer, kind, share))
+
+    def _sensitivities(self, model: nn.Module, example_inputs: Any, layers: list[_Layer],
+                       needed: float) -> dict[str, float]:
+        """Per layer: the model's relative output error with only that layer cut, per unit of predicted error.
+
+        Each layer is probed at the rank one MAC ratio everywhere would give it; the ratio of the
+        measured (squared, relative) change of the model's floating-point outputs to the layer's own
+        normalized energy lost turns the layer's spectrum into a model-level error estimate.
+        """
+        inputs = example_inputs if isinstance(example_inputs, (tuple, list, dict)) else (example_inputs,)
+        share = _share(layers, needed)
+        with eval_mode(model), torch.no_grad():
+            reference = _float_outputs(call_model(model, inputs))
+            scale = sum(float(t.pow(2).sum()) for t in reference) or 1.0
+            weights = {}
+            for layer in layers:
+                kind = layer.kinds[0]
+                spectrum = layer.spectra[kind]
+                rank = _rank_at_share(layer, kind, share)
+                predicted = spectrum.error_at(rank) ** 2
+                if predicted <= 0.0:
+                    continue
+                probe = factorize(layer.module, spectrum, rank)
+                handle = layer.module.register_forward_hook(lambda module, args, output: probe(args[0]))
+                try:
+                    changed = _float_outputs(call_model(model, inputs))
+                finally:
+                    handle.remove()
+                error = sum(float((a - b).pow(2).sum()) for a, b in zip(changed, reference)) / scale
+                weights[layer.name] = error / predicted
+        return weights
 
     def _check_latency(self, layers: list[_Layer], opts: "SVDDecomposition.Options", trial: "_Trials") -> list[str]:
         """Time each layer's candidate factors; record (in ``trial.slow``) and return those not fast enough."""
@@ -405,6 +442,24 @@ class SVDDecomposition:
             "latency_after_ms": None if timing is None else (timing[0] if module is None else timing[1]),
             "warning": warning,
         }
+
+
+def _share(layers: list[_Layer], needed: float) -> float:
+    """The fraction of their MACs ``layers`` would keep if every one gave up the same share."""
+    return min(1.0, max(0.0, 1.0 - needed / max(1, sum(layer.macs for layer in layers))))
+
+
+def _rank_at_share(layer: _Layer, kind: str, share: float) -> int:
+    full = layer.spectra[kind].full_rank
+    return min(full, max(1, int(share * layer.macs / layer.cost_per_rank(kind))))
+
+
+def _float_outputs(output: Any) -> list[torch.Tensor]:
+    """The floating-point tensors of a model output (tensor, tuple, list or dict), flattened."""
+    if isinstance(output, torch.Tensor):
+        return [output.detach().float()] if output.is_floating_point() else []
+    values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
+    return [tensor for value in values for tensor in _float_outputs(value)]
 
 
 def _choose_kinds(kinds: list[str], wanted: str) -> list[str]:

@@ -34,7 +34,9 @@ RECIPE = {
         # A second fine-tuning step wraps the model in DDP again: the first wrapper must be gone.
         {"finetune": {"method": "sgd", "steps": 5, "lr": 0.01, "schedule": "constant", "grad_clip": 1.0}},
     ],
-    "evaluate": ["accuracy", "nonzeros"],
+    # latency and size are measured by rank 0 alone and broadcast: every rank must report the same.
+    "evaluate": ["accuracy", "nonzeros", "latency", "size"],
+    "evaluation": {"latency_runs": 2, "latency_warmup": 0},
 }
 
 
@@ -53,7 +55,7 @@ class RecordingDataset(TensorDataset):
 def build(name: str) -> torch.nn.Module:
     """The model, initialised from the fixed seed (identically on every rank)."""
     torch.manual_seed(SEED)
-    return DigitsCNN(width=16) if name == "cnn" else MLP((64, 64, 10))
+    return DigitsCNN(width=8) if name == "cnn" else MLP((64, 64, 10))
 
 
 def loaders() -> tuple[DataLoader, DataLoader, RecordingDataset]:
@@ -88,7 +90,21 @@ def run_model(name: str, out: Path) -> dict:
         "info": [s.info for s in result.steps],
         "seen": train_set.seen,
         "plain_accuracy": plain_accuracy(result.model, test),
+        "limited": limited_accuracy(result.model, test),
     }
+
+
+def limited_accuracy(model: torch.nn.Module, test: DataLoader) -> tuple[float, float]:
+    """(the accuracy plugin with max_eval_batches=2, a plain count over the first 200 test digits)."""
+    from torchslim.plugins.evaluators import Accuracy
+    from torchslim.recipe import Evaluation
+
+    context = torchslim.RunContext(eval_data=test, evaluation=Evaluation(max_eval_batches=2))
+    ours = Accuracy().evaluate(model=model, context=context)["accuracy"]
+    xs, ys = test.dataset.tensors
+    with torch.no_grad():
+        plain = int((model.eval()(xs[:200]).argmax(1) == ys[:200]).sum()) / 200
+    return ours, plain
 
 
 def bad_inputs() -> dict[str, str]:
@@ -109,11 +125,56 @@ def bad_inputs() -> dict[str, str]:
     return errors
 
 
+def sync_checks() -> dict:
+    """sync_model on models that differ between ranks: in value (fixed) and in structure (refused)."""
+    torch.manual_seed(100 + distributed.rank())  # a different random initialisation on every rank
+    model = torch.nn.Linear(4, 3)
+    copied = distributed.sync_model(model, "values", warn=False)
+    fingerprint = distributed.check_identical(model, "after sync")
+    shaped = torch.nn.Linear(4, 3 + distributed.rank())
+    try:
+        distributed.sync_model(shaped, "structure")
+        refused = "no error"
+    except torchslim.ModelError as exc:
+        refused = str(exc)
+    return {"copied": copied, "fingerprint": fingerprint, "refused": refused}
+
+
+def user_sampler() -> dict:
+    """A loader the user already shards with a DistributedSampler: kept, its batch_size is per process."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    x_train, y_train, _, _ = digits_tensors()
+    data = TensorDataset(x_train, y_train)
+    loader = DataLoader(data, batch_size=16, sampler=DistributedSampler(data, shuffle=True, seed=SEED))
+    torch.manual_seed(SEED)
+    recipe = {"steps": [{"finetune": {"method": "sgd", "steps": 5}}], "evaluate": []}
+    result = torchslim.Engine().run(MLP((64, 32, 10)), recipe, train_data=loader)
+    return {"info": result.steps[0].info, "fingerprint": distributed.fingerprint(result.model)}
+
+
+def distill(out: Path) -> dict:
+    """The contrib ``distill`` method (a subclass of ``sgd``) under DDP, when that package is installed."""
+    engine = torchslim.Engine()
+    if "distill" not in engine.methods("finetune"):
+        return {"installed": False}
+    train, test, train_set = loaders()
+    recipe = {"steps": [{"compress": {"method": "magnitude", "sparsity": 0.5}},
+                        {"finetune": {"method": "distill", "steps": 6, "lr": 0.05, "features": ["net.0"]}}],
+              "evaluate": ["accuracy"]}
+    result = engine.run(build("mlp"), recipe, train_data=train, eval_data=test,
+                        example_inputs=(train_set.tensors[0][:2],), seed=SEED)
+    state = {k: v.detach().contiguous().clone() for k, v in result.model.state_dict().items()}
+    save_file(state, str(out / f"rank{distributed.rank()}-distill.safetensors"))
+    return {"installed": True, "info": result.steps[-1].info}
+
+
 def run_models(out: Path, names: tuple[str, ...] = ("mlp", "cnn")) -> dict:
     """Everything one rank reports (also the single-process reference when not under torchrun)."""
     out.mkdir(parents=True, exist_ok=True)
     report = {"rank": distributed.rank(), "world_size": distributed.world_size()}
     report.update({name: run_model(name, out) for name in names})
+    report["distill"] = distill(out)
     return report
 
 
@@ -121,6 +182,8 @@ def main(argv: list[str]) -> int:
     out = Path(argv[1])
     report = run_models(out)
     report["errors"] = bad_inputs()
+    report["sync"] = sync_checks()
+    report["user_sampler"] = user_sampler()
     (out / f"rank{distributed.rank()}.json").write_text(json.dumps(report))
     return 0
 

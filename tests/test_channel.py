@@ -207,7 +207,12 @@ def test_resnet18_loses_channels_for_real(engine):
 def test_round_to_keeps_channel_counts_multiples(engine):
     torch.manual_seed(0)
     model = resnet18(classes=10, width=16)
-    result = run(engine, model, channel(ratio=0.3, round_to=8), example_inputs=(torch.randn(1, 3, 32, 32),))
+    recipe = """
+steps:
+  - accelerate: {method: channel, ratio: 0.3, round_to: 8}
+evaluate: []
+"""
+    result = engine.run(model, recipe, example_inputs=(torch.randn(1, 3, 32, 32),))
     changed = [r for r in result.steps[0].report if r["channels_after"] != r["channels_before"]]
     assert changed
     for row in changed:

@@ -55,7 +55,7 @@ def project(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("command", [[], ["plugins"], ["strategies"], ["run"], ["export"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["plugins"], ["strategies"], ["run"], ["check"], ["export"], ["demo"]])
 def test_help_everywhere(command):
     proc = cli(*command, "--help")
     assert proc.returncode == 0 and "usage: torchslim" in proc.stdout
@@ -120,3 +120,15 @@ def test_run_then_export_onnx_and_torchscript(project):
     assert (project / "m.onnx").stat().st_size > 0 and (project / "m.pt").stat().st_size > 0
     bad = cli("export", "out/model", "--model", "usermodels:build", "--onnx", "m.onnx", cwd=project)
     assert bad.returncode == 2 and "needs an example input" in bad.stderr
+
+
+def test_check_previews_a_recipe_without_training(project):
+    (project / "prune.yaml").write_text(
+        "steps:\n  - compress: {method: magnitude, sparsity: 0.5}\n  - finetune: {method: sgd, epochs: 50}\n"
+    )
+    proc = cli("check", "prune.yaml", "--model", "usermodels:build", "--input-shape", "1x64", cwd=project)
+    assert proc.returncode == 0, proc.stderr
+    assert "compress/magnitude" in proc.stdout and "not run" in proc.stdout
+    data = json.loads(cli("check", "prune.yaml", "--model", "usermodels:build", "--data", "usermodels:data",
+                          "--json", cwd=project).stdout)
+    assert data["steps"][0]["status"] == "ok"

@@ -89,3 +89,15 @@ def test_bad_search_blocks_are_rejected_before_work(tmp_path, bad, message):
     with pytest.raises(torchslim.RecipeError) as info:
         torchslim.Engine().recipe(recipe)
     assert message in str(info.value)
+
+
+def test_bench_search_quick_runs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "search.py"
+    proc = subprocess.run([sys.executable, str(bench), "--quick"], capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "search (warm cache)" in proc.stdout and "uniform svd" in proc.stdout

@@ -226,6 +226,18 @@ def test_data_aware_keeps_more_accuracy_at_a_mac_budget(trained_digits_cnn, digi
     assert _accuracy(aware, test) > _accuracy(plain, test)
 
 
+def test_sensitivity_weighted_budget_is_met_and_changes_the_ranks(trained_digits_cnn, digits):
+    calibration = [batch for batch, _ in list(digits[0])[:4]]
+    x = calibration[0]
+    before = count_macs(trained_digits_cnn, (x,))
+    _, by_energy = _run(trained_digits_cnn, x, calibration=calibration, mac_ratio=0.5, data_aware=True)
+    model, by_sensitivity = _run(trained_digits_cnn, x, calibration=calibration, mac_ratio=0.5, data_aware=True,
+                                 sensitivity=True)
+    assert count_macs(model, (x,)) <= 0.5 * before * 1.001
+    ranks = lambda result: {row["layer"]: row["rank"] for row in result.report}
+    assert ranks(by_sensitivity) != ranks(by_energy)
+
+
 def test_data_aware_without_calibration_data_is_an_error(trained_digits_cnn):
     with pytest.raises(torchslim.ModelError, match="calibration"):
         _run(trained_digits_cnn, _x(), calibration=[], rank=2, data_aware=True)
@@ -265,6 +277,14 @@ def test_engine_runs_svd_from_a_recipe_and_leaves_the_model_alone(trained_digits
     assert any(isinstance(m, tuple(MODULE_KINDS)) for m in result.model.modules())
     assert record.info["data_aware"] is True
     json.dumps(result.to_dict(), default=str)
+
+
+def test_decomposed_model_survives_save_and_load(trained_digits_cnn, tmp_path):
+    model, _ = _run(trained_digits_cnn, _x(), rank=3, kind="auto")
+    torchslim.save(model, tmp_path / "out")
+    loaded = torchslim.load(tmp_path / "out", base_model=DigitsCNN(width=8))
+    assert {type(m) for m in loaded.modules()} & set(MODULE_KINDS)
+    torch.testing.assert_close(loaded.eval()(_x()), model.eval()(_x()))
 
 
 def test_running_svd_twice_leaves_factor_modules_alone(trained_digits_cnn):

@@ -1,5 +1,10 @@
 """torchslim-quantize, tested as its users run it: installed with pip, found through its entry point."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -13,6 +18,7 @@ from torchslim.measure import count_macs, count_nonzeros
 from torchslim.testing import check_method_plugin
 from torchslim_quantize import Int8Conv, Int8Linear, Int8LSTM, dynamic_kernel, quantize
 
+BENCH = Path(__file__).resolve().parents[3] / "bench" / "quantize.py"
 INT8_ONLY = {"steps": [{"compress": {"method": "int8"}}], "evaluate": []}
 
 
@@ -131,17 +137,19 @@ def test_prune_finetune_then_int8_in_one_recipe(torchslim_engine, torchslim_tiny
     assert count_nonzeros(loaded) == quantized["nonzeros"]
 
 
-def test_layers_torch_or_other_kinds_own_are_left_alone_and_listed():
+def test_layers_that_torch_or_other_kinds_read_directly_are_left_alone_and_listed():
     torch.manual_seed(0)
     attention = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True)
-    model = nn.Sequential(LowRankLinear(16, 16, rank=4), attention).eval()
+    model = nn.Sequential(LowRankLinear(16, 16, rank=4), attention, nn.Linear(16, 4)).eval()
     x = torch.randn(2, 5, 16)
     result = quantize(model)
     skipped = dict(result.skipped)
-    assert "1.self_attn.out_proj" in skipped and "0.first" in skipped and "0.second" in skipped
-    assert isinstance(model[1].linear1, Int8Linear) and isinstance(model[0].first, nn.Linear)
+    assert {"0.first", "0.second", "1.self_attn.out_proj", "1.linear1", "1.linear2"} <= set(skipped)
+    assert "LowRankLinear" in skipped["0.first"] and "TransformerEncoderLayer" in skipped["1.linear1"]
+    assert type(model[0].first) is nn.Linear and type(model[1].linear1) is nn.Linear
+    assert isinstance(model[2], Int8Linear)
     with torch.no_grad():
-        assert model(x).shape == (2, 5, 16)
+        assert model(x).shape == (2, 5, 4)
 
 
 def test_bad_weights_raise_a_model_error_naming_the_layer_and_change_nothing():
@@ -151,3 +159,21 @@ def test_bad_weights_raise_a_model_error_naming_the_layer_and_change_nothing():
     with pytest.raises(torchslim.ModelError, match="layer '2' has NaN"):
         quantize(model)
     assert all(type(m) is nn.Linear for m in model if not isinstance(m, nn.ReLU))
+
+
+def test_eight_bit_activations_are_an_option_that_survives_save_and_load(torchslim_engine, tmp_path):
+    recipe = {"steps": [{"compress": {"method": "int8", "reduce_range": False}}], "evaluate": []}
+    result = torchslim_engine.run(mlp(), recipe, example_inputs=(torch.randn(4, 256),))
+    assert result.model[0].reduce_range is False
+    torchslim.save(result, tmp_path / "m")
+    assert torchslim.load(tmp_path / "m", base_model=mlp())[0].reduce_range is False
+
+
+@pytest.mark.skipif(not BENCH.is_file(), reason="the torchslim source tree (bench/) is not here")
+def test_bench_quick_runs(tmp_path):
+    out = tmp_path / "quantize.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--out", str(out)], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {row["variant"]: row for row in json.loads(out.read_text())["rows"]}
+    assert rows["int8 (dynamic Linear)"]["linear_ratio"] > 3.8 and rows["int8 weight-only"]["cos_min"] > 0.99

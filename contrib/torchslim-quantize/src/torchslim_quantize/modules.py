@@ -64,12 +64,12 @@ def dynamic_kernel() -> str | None:
     return str(torch.backends.quantized.engine)
 
 
-def _prepack(q: torch.Tensor, scale: torch.Tensor) -> Any:
+def _prepack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> Any:
     with warnings.catch_warnings():  # quantized-tensor constructors warn about their future; we only feed the kernel
         warnings.simplefilter("ignore")
         zero = torch.zeros(q.shape[0], dtype=torch.long)
         qweight = torch._make_per_channel_quantized_tensor(q.cpu(), scale.double().cpu(), zero, 0)
-        return torch.ops.quantized.linear_prepack(qweight, None)
+        return torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float().cpu())
 
 
 def _register_flop_formula() -> None:
@@ -110,11 +110,14 @@ class Int8Linear(nn.Module):
     torch.Size([2, 4])
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, kernel: str = "dynamic") -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, kernel: str = "dynamic",
+                 reduce_range: bool = True) -> None:
         super().__init__()
         if kernel not in ("dynamic", "weight-only"):
             raise ValueError(f"kernel={kernel!r} must be 'dynamic' or 'weight-only'")
         self.in_features, self.out_features, self.kernel = int(in_features), int(out_features), kernel
+        # 7-bit activations: what PyTorch uses on x86, where 8-bit products can saturate without VNNI
+        self.reduce_range = bool(reduce_range)
         self.weight = _int8_parameter((out_features, in_features))
         self.register_buffer("scale", torch.ones(out_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
@@ -122,9 +125,9 @@ class Int8Linear(nn.Module):
         self._packed_key: tuple | None = None
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, kernel: str = "dynamic") -> "Int8Linear":
+    def from_float(cls, linear: nn.Linear, kernel: str = "dynamic", reduce_range: bool = True) -> "Int8Linear":
         """Quantize an ``nn.Linear`` (masked or not); the original is left unchanged."""
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, kernel)
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, kernel, reduce_range)
         q, scale = quantize_per_channel(_is_masked_or_dense(linear, "weight"))
         layer.to(linear.weight.device)
         with torch.no_grad():
@@ -137,7 +140,7 @@ class Int8Linear(nn.Module):
     def torchslim_spec(self) -> dict[str, Any]:
         """Constructor arguments, for :func:`torchslim.save`."""
         return {"in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.bias is not None, "kernel": self.kernel}
+                "bias": self.bias is not None, "kernel": self.kernel, "reduce_range": self.reduce_range}
 
     @classmethod
     def from_torchslim_spec(cls, spec: dict[str, Any]) -> "Int8Linear":
@@ -156,16 +159,16 @@ class Int8Linear(nn.Module):
         return dynamic_kernel() is not None
 
     def _packed_weight(self) -> Any:
-        key = (self.weight.data_ptr(), self.weight._version, self.scale.data_ptr(), self.scale._version)
+        # rebuilt whenever a tensor it was packed from changed (load_state_dict, training the bias, ...)
+        key = tuple((t.data_ptr(), t._version) for t in (self.weight, self.scale, self.bias) if t is not None)
         if self._packed is None or self._packed_key != key:
-            self._packed = _prepack(self.weight.detach(), self.scale.detach())
+            self._packed = _prepack(self.weight.detach(), self.scale.detach(), self.bias)
             self._packed_key = key
         return self._packed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._use_kernel(x):
-            out = torch.ops.quantized.linear_dynamic(x, self._packed_weight(), True)
-            return out if self.bias is None else out + self.bias
+            return torch.ops.quantized.linear_dynamic(x, self._packed_weight(), self.reduce_range)
         return F.linear(x, self.dequantized_weight(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
     def __getstate__(self) -> dict[str, Any]:
@@ -176,7 +179,8 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, kernel={self.kernel}")
+                f"bias={self.bias is not None}, kernel={self.kernel}"
+                + ("" if self.reduce_range or self.kernel != "dynamic" else ", 8-bit activations"))
 
 
 # ------------------------------------------------------------------------------------------- Conv

@@ -1,0 +1,116 @@
+"""torchslim-distill, tested as its users run it: installed with pip, found through its entry point."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+import torchslim
+from torchslim.plugins.finetune import SGDFinetune
+from torchslim.testing import check_method_plugin, register_inline_plugin
+from torchslim_distill import DistillOptions, kd_loss
+
+BENCH = Path(__file__).resolve().parents[3] / "bench" / "distill.py"
+PRUNE_90 = {"compress": {"method": "magnitude", "sparsity": 0.9, "scope": "global"}}
+
+
+class NarrowFc1:
+    """Compress method that replaces fc1/fc2 by narrower layers (as channel pruning would)."""
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    @torchslim.hookimpl
+    def compress(self, model, step, context):
+        model.fc1 = nn.Linear(model.fc1.in_features, 64)
+        model.fc2 = nn.Linear(64, model.fc2.out_features)
+        return torchslim.StepResult(model=model)
+
+
+def test_distill_honours_the_plugin_contract(torchslim_engine, torchslim_tiny_task):
+    task = torchslim_tiny_task
+    info = torchslim_engine.registry.infos["distill"]
+    assert info.distribution == "torchslim-distill" and info.stages == ("finetune",)
+    result = check_method_plugin(
+        torchslim_engine, "distill", task.model, task.example_inputs,
+        good_options={"steps": 3, "features": ["conv3", "fc1"]},
+        bad_options={"temperature": 0, "kd_weight": -1, "features": "fc1", "optimizer": "lbfgs"},
+        failing={"train_data": None}, train_data=task.train_data)
+    assert result.info["distill"]["features"] == ["conv3", "fc1"]
+    assert set(result.info["distill"]["final_terms"]) == {"kd", "task", "features"}
+
+
+def test_it_takes_every_sgd_option():
+    assert set(SGDFinetune.Options.model_fields) < set(DistillOptions.model_fields)
+    opts = DistillOptions(optimizer="adamw", steps=5, schedule="constant", warmup_steps=2, grad_clip=1.0)
+    assert opts.temperature == 4.0 and opts.kd_weight == 1.0 and opts.task_weight == 1.0
+
+
+def test_nothing_to_learn_is_rejected_before_any_work(torchslim_engine):
+    recipe = {"steps": [{"finetune": {"method": "distill", "kd_weight": 0, "task_weight": 0}}]}
+    with pytest.raises(torchslim.RecipeError, match="kd_weight, task_weight and feature_weight"):
+        torchslim_engine.recipe(recipe)
+
+
+def test_kd_loss_is_temperature_scaled_kl():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(8, 10), torch.randn(8, 10)
+    expected = F.kl_div(F.log_softmax(student / 3, 1), F.log_softmax(teacher / 3, 1), log_target=True,
+                        reduction="batchmean") * 9
+    assert torch.allclose(kd_loss(student, teacher, 3.0), expected)
+    assert float(kd_loss(teacher, teacher, 3.0)) == pytest.approx(0.0, abs=1e-7)
+    # per position for (N, C, T) outputs, as cross-entropy reads them
+    seq_s, seq_t = torch.randn(2, 10, 5), torch.randn(2, 10, 5)
+    flat = kd_loss(seq_s.transpose(1, 2).reshape(-1, 10), seq_t.transpose(1, 2).reshape(-1, 10), 2.0)
+    assert torch.allclose(kd_loss(seq_s, seq_t, 2.0), flat)
+
+
+def test_pure_distillation_learns_from_the_teacher_without_labels(torchslim_engine, torchslim_tiny_task):
+    task = torchslim_tiny_task
+    unlabelled = [x for x, _ in task.train_data]  # batches without targets
+    recipe = {"steps": [PRUNE_90, {"finetune": {"method": "distill", "task_weight": 0, "kd_weight": 1,
+                                                "epochs": 3, "lr": 0.05}}], "evaluate": []}
+    result = torchslim_engine.run(task.model, recipe, train_data=unlabelled, eval_data=task.eval_data)
+    pruned_only = torchslim_engine.run(task.model, {"steps": [PRUNE_90], "evaluate": []}).model
+    x = torch.cat(unlabelled)
+    with torch.no_grad():
+        teacher = task.model.eval()(x)
+        before = kd_loss(pruned_only.eval()(x), teacher, 4.0)
+        after = kd_loss(result.model.eval()(x), teacher, 4.0)
+    assert after < 0.5 * before
+    with pytest.raises(torchslim.StepError, match="has no target"):  # labels are needed once task_weight > 0
+        torchslim_engine.run(task.model, {"steps": [{"finetune": {"method": "distill", "steps": 1}}],
+                                          "evaluate": []}, train_data=unlabelled)
+
+
+def test_unknown_feature_module_is_named_with_the_real_names(torchslim_engine, torchslim_tiny_task):
+    task = torchslim_tiny_task
+    recipe = {"steps": [{"finetune": {"method": "distill", "steps": 1, "features": ["fc_1"]}}], "evaluate": []}
+    with pytest.raises(torchslim.StepError, match=r"features names 'fc_1'.*module names look like conv1"):
+        torchslim_engine.run(task.model, recipe, train_data=task.train_data)
+
+
+def test_feature_shape_mismatch_is_a_clear_error(torchslim_engine, torchslim_tiny_task):
+    task = torchslim_tiny_task
+    recipe = {"steps": [{"compress": {"method": "narrow"}},
+                        {"finetune": {"method": "distill", "steps": 1, "features": ["fc1"]}}], "evaluate": []}
+    with register_inline_plugin(torchslim_engine, NarrowFc1, "narrow"):
+        with pytest.raises(torchslim.StepError, match=r"feature 'fc1' has shape \(32, 64\) in the compressed "
+                                                      r"model but \(32, 128\) in the teacher"):
+            torchslim_engine.run(task.model, recipe, train_data=task.train_data)
+        ok = {"steps": recipe["steps"][:1] + [{"finetune": {"method": "distill", "steps": 1}}], "evaluate": []}
+        torchslim_engine.run(task.model, ok, train_data=task.train_data)  # logits still match: fine
+
+
+@pytest.mark.skipif(not BENCH.is_file(), reason="the torchslim source tree (bench/) is not here")
+def test_bench_quick_runs(tmp_path):
+    out = tmp_path / "distill.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--out", str(out)], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "distill+features" in proc.stdout and out.is_file()
