@@ -47,6 +47,7 @@ class _Layer:
     module: nn.Module
     kinds: list[str]
     x: torch.Tensor
+    y: torch.Tensor
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     calls: int
@@ -298,6 +299,7 @@ class SVDDecomposition:
                 entry["calls"] += 1
                 if "x" not in entry:
                     entry["x"] = args[0].detach()
+                    entry["y"] = output.detach()  # kept so the report's error needs no second original pass
                     entry["out_shape"] = tuple(output.shape)
             return hook
 
@@ -316,7 +318,8 @@ class SVDDecomposition:
                 continue
             x = entry["x"]
             macs = layer_macs(module, tuple(x.shape), entry["out_shape"]) * entry["calls"]
-            layers.append(_Layer(name, module, kinds, x, tuple(x.shape), entry["out_shape"], entry["calls"], macs))
+            layers.append(_Layer(name, module, kinds, x, entry["y"], tuple(x.shape), entry["out_shape"],
+                                 entry["calls"], macs))
         other = sum(layer_macs(module, tuple(seen[name]["x"].shape), seen[name]["out_shape"]) * seen[name]["calls"]
                     for name, module in unfactorizable.items() if name in seen)
         return layers, other, model_macs
@@ -426,9 +429,8 @@ class SVDDecomposition:
         before = _shape(layer.module.weight)
         error = 0.0
         if module is not None:
-            with torch.no_grad():
-                reference = layer.module(layer.x)
-                error = float((module(layer.x) - reference).norm() / reference.norm().clamp_min(1e-12))
+            with eval_mode(module), torch.no_grad():
+                error = float((module(layer.x) - layer.y).norm() / layer.y.norm().clamp_min(1e-12))
         return {
             "layer": layer.name,
             "kind": layer.kind,
