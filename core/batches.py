@@ -84,3 +84,16 @@ def iterate(data: Iterable | None, name: str, limit: int | None = None) -> Itera
             return
     if count == 0:
         raise DataError(f"{name} yielded no batches; pass a non-empty DataLoader")
+
+
+def example_inputs_from(example_inputs: Any, *loaders: Iterable | None) -> tuple:
+    """``example_inputs`` as a tuple, or the inputs of the first batch of the first non-None loader."""
+    if example_inputs is not None:
+        return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    for loader in loaders:
+        if loader is None:
+            continue
+        for batch in loader:
+            inputs, _ = split_batch(batch)
+            return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    return ()

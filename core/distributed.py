@@ -36,7 +36,6 @@ import contextlib
 import hashlib
 import inspect
 import logging
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sized, TypeVar

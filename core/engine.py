@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from . import distributed
-from .batches import split_batch
+from .batches import example_inputs_from
 from .checkpoint import Checkpointer
 from .context import LossFn, MetricFn, RunContext
 from .errors import PluginError, RecipeError, StepError, TorchslimError
@@ -196,7 +196,7 @@ class Engine:
         device = torch.device(device) if device is not None else _model_device(model)
         # Under torchrun: join the process group; a CUDA device becomes this rank's cuda:LOCAL_RANK.
         device = distributed.setup(device)
-        example_inputs = _example_inputs(example_inputs, eval_data, train_data)
+        example_inputs = example_inputs_from(example_inputs, eval_data, train_data)
 
         working = _private_copy(model).to(device)
         # Every rank starts from rank 0's model, also when each process initialised it at random.
@@ -396,18 +396,6 @@ def _model_device(model: nn.Module) -> torch.device:
     for tensor in model.parameters():
         return tensor.device
     return torch.device("cpu")
-
-
-def _example_inputs(example_inputs: Any, *loaders: Iterable | None) -> tuple:
-    if example_inputs is not None:
-        return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    for loader in loaders:
-        if loader is None:
-            continue
-        for batch in loader:
-            inputs, _ = split_batch(batch)
-            return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-    return ()
 
 
 def _first_non_finite(model: nn.Module) -> str | None:

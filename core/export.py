@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import masks
-from .errors import ExportError, TorchslimError
+from .errors import ExportError
 from .io import own_parametrized_classes
 
 __all__ = ["ExportError", "export_onnx", "export_torchscript"]

@@ -28,7 +28,7 @@ from tabulate import tabulate
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .batches import call_model, split_batch
+from .batches import call_model, example_inputs_from
 from .errors import TorchslimError
 from .measure import count_macs, count_params
 from .recipe import Recipe, Step, step_to_dict
@@ -141,7 +141,7 @@ def preflight(engine: Any, model: nn.Module, recipe: Recipe | dict | str, exampl
     """
     validated = engine.recipe(recipe)
     raw_steps = _raw_steps(validated)
-    example_inputs = _inputs(example_inputs, eval_data, train_data)
+    example_inputs = example_inputs_from(example_inputs, eval_data, train_data)
     seed = validated.seed if validated.seed is not None else seed
 
     current = model
@@ -296,18 +296,6 @@ def _raw_steps(validated: Recipe) -> list[Step]:
             options = options.model_dump(exclude_unset=True)
         steps.append(Step.model_validate(step_to_dict(step.model_copy(update={"options": options}))))
     return steps
-
-
-def _inputs(example_inputs: Any, *loaders: Iterable | None) -> tuple:
-    if example_inputs is not None:
-        return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    for loader in loaders:
-        if loader is None:
-            continue
-        for batch in loader:
-            inputs, _ = split_batch(batch)
-            return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-    return ()
 
 
 def _ratio(before: int | None, after: int | None) -> float | None:

@@ -30,7 +30,7 @@ from torchslim.decompose import (
 )
 from torchslim.errors import ModelError
 from torchslim.lowrank import MODULE_KINDS
-from torchslim.measure import count_macs, eval_mode, measure_latency
+from torchslim.measure import count_macs, eval_mode
 from torchslim.recipe import Targets
 from torchslim.targets import select_modules
 
