@@ -11,3 +11,19 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """An Engine with every installed plugin discovered."""
+    import torchslim
+
+    return torchslim.Engine()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """``(x_train, y_train, x_test, y_test)`` of scikit-learn's digits (real data shipped in the package)."""
+    from torchslim.data import digits_tensors
+
+    return digits_tensors()

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import torchslim
-from torchslim.data import digits_loaders, digits_tensors
+from torchslim.data import digits_loaders
 from torchslim.datacheck import check_classification_batch
 from torchslim.measure import count_macs, count_nonzeros, count_params
 from torchslim.recipe import Evaluation
@@ -20,23 +20,7 @@ EVALUATORS = {"accuracy": Accuracy, "params": Params, "nonzeros": Nonzeros, "mac
               "size": Size}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Run on one thread: on a small shared CI machine, OpenMP spin-waiting makes 2 threads ~20x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
-
-@pytest.fixture(scope="module")
-def engine() -> torchslim.Engine:
-    return torchslim.Engine()
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return digits_tensors()
 
 
 class Constant(nn.Module):

@@ -18,18 +18,6 @@ from torchslim.zoo import MLP, DigitsCNN
 FAST_EVAL = {"latency_runs": 3, "latency_warmup": 1}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Run on one thread: on a small shared CI machine, OpenMP spin-waiting makes 2 threads ~20x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def engine() -> torchslim.Engine:
-    return torchslim.Engine()
 
 
 def finetune_recipe(evaluate=("accuracy",), **options) -> dict:

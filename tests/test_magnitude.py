@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import torchslim
-from torchslim.data import digits_loaders, digits_tensors
+from torchslim.data import digits_loaders
 from torchslim.masks import get_mask, masked_parameters
 from torchslim.plugins.magnitude import MagnitudePruning, cubic_schedule, prune
 from torchslim.testing import check_method_plugin, tiny_task
@@ -25,23 +25,7 @@ from torchslim.zoo import MLP, DigitsCNN
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # small tensors: one thread is faster and immune to other processes competing for the cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
-
-@pytest.fixture(scope="module")
-def engine() -> torchslim.Engine:
-    return torchslim.Engine()
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return digits_tensors()
 
 
 @pytest.fixture(scope="module")
