@@ -90,7 +90,22 @@ class LowRankLinear(nn.Module):
         return f"{self.in_features} -> {self.rank} -> {self.out_features}"
 
 
-class ChannelLowRankConv(nn.Module):
+class _TwoConvs(nn.Module):
+    """Shared part of the conv factor modules: ``second(first(x))`` and the conv geometry."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+    def _geometry_spec(self) -> dict[str, Any]:
+        return {
+            "in_channels": self.in_channels, "out_channels": self.out_channels,
+            "kernel_size": list(self.kernel_size), "rank": self.rank, "stride": list(self.stride),
+            "padding": _jsonable(self.padding), "dilation": list(self.dilation), "groups": self.groups,
+            "bias": self.second.bias is not None, "padding_mode": self.padding_mode,
+        }
+
+
+class ChannelLowRankConv(_TwoConvs):
     """A ConvNd as a ``K``-kernel conv with ``rank`` filters per group, then a 1-kernel conv back.
 
     ``first`` keeps the original kernel, stride, padding, dilation, groups and ``padding_mode``;
@@ -126,17 +141,9 @@ class ChannelLowRankConv(nn.Module):
                      layer.padding_mode, dims=len(layer.kernel_size))
         return module.to(device=layer.weight.device, dtype=layer.weight.dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.second(self.first(x))
-
     def torchslim_spec(self) -> dict[str, Any]:
         """The JSON-serialisable constructor arguments."""
-        return {
-            "in_channels": self.in_channels, "out_channels": self.out_channels,
-            "kernel_size": list(self.kernel_size), "rank": self.rank, "stride": list(self.stride),
-            "padding": _jsonable(self.padding), "dilation": list(self.dilation), "groups": self.groups,
-            "bias": self.second.bias is not None, "padding_mode": self.padding_mode, "dims": self.dims,
-        }
+        return {**self._geometry_spec(), "dims": self.dims}
 
     @classmethod
     def from_torchslim_spec(cls, spec: dict[str, Any]) -> "ChannelLowRankConv":
@@ -148,7 +155,7 @@ class ChannelLowRankConv(nn.Module):
                 f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}")
 
 
-class SpatialLowRankConv2d(nn.Module):
+class SpatialLowRankConv2d(_TwoConvs):
     """A Conv2d as a ``Kh x 1`` conv with ``rank`` channels per group, then a ``1 x Kw`` conv.
 
     The vertical conv ``first`` takes the height parts of stride, padding and dilation, the horizontal
@@ -187,17 +194,9 @@ class SpatialLowRankConv2d(nn.Module):
                      layer.padding, layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode)
         return module.to(device=layer.weight.device, dtype=layer.weight.dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.second(self.first(x))
-
     def torchslim_spec(self) -> dict[str, Any]:
         """The JSON-serialisable constructor arguments."""
-        return {
-            "in_channels": self.in_channels, "out_channels": self.out_channels,
-            "kernel_size": list(self.kernel_size), "rank": self.rank, "stride": list(self.stride),
-            "padding": _jsonable(self.padding), "dilation": list(self.dilation), "groups": self.groups,
-            "bias": self.second.bias is not None, "padding_mode": self.padding_mode,
-        }
+        return self._geometry_spec()
 
     @classmethod
     def from_torchslim_spec(cls, spec: dict[str, Any]) -> "SpatialLowRankConv2d":
