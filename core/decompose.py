@@ -281,6 +281,7 @@ class RankCurve:
     cost_per_rank: int         # MACs of the factor module per unit of rank
     energies: torch.Tensor     # (R,) descending, summed over groups
     weight: float = 1.0        # how much this layer's normalized error costs (its measured sensitivity)
+    min_rank: int = 1          # no rank below this (deeper cuts were measured not to pay off)
 
 
 def _hull_items(curve: RankCurve, multiple: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
@@ -290,7 +291,8 @@ def _hull_items(curve: RankCurve, multiple: int) -> tuple[torch.Tensor, torch.Te
     step = max(1, multiple)
     ranks = torch.arange(step, full, step, dtype=torch.long)
     cost = ranks.double() * curve.cost_per_rank
-    ranks, cost = ranks[cost < curve.macs], cost[cost < curve.macs]
+    useful = (cost < curve.macs) & (ranks >= curve.min_rank)
+    ranks, cost = ranks[useful], cost[useful]
     if ranks.numel() == 0:
         return None
     tail = energies.flip(0).cumsum(0).flip(0)              # tail[k] = energy of directions k..R-1

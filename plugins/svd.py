@@ -70,6 +70,7 @@ class _Trials:
     built: dict[tuple[str, str, int], nn.Module] = field(default_factory=dict)
     timings: dict[tuple[str, str, int], tuple[float, float]] = field(default_factory=dict)
     slow: dict[str, str] = field(default_factory=dict)
+    floors: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
 def _key(layer: _Layer) -> tuple[str, str, int]:
@@ -137,6 +138,11 @@ class SVDDecomposition:
         min_speedup: float = Field(
             1.0, ge=0, le=100,
             description="with measure_latency, keep factors only at this layer speedup or more (0 keeps all)")
+        min_realized: float = Field(
+            0.3, ge=0, le=1,
+            description="with measure_latency, keep factors only when the layer's measured speedup is at least "
+                        "this fraction of its MAC cut (0 keeps all); with mac_ratio such a layer is cut less "
+                        "and the budget moves to layers where fewer MACs really mean less time")
         latency_runs: int = Field(
             10, ge=1, le=1000,
             description="timed runs per layer and version, interleaved; the best run counts (least disturbed)")
@@ -226,12 +232,26 @@ class SVDDecomposition:
 
     def _budget_ranks(self, layers: list[_Layer], needed: float, opts: "SVDDecomposition.Options",
                       trial: "_Trials", skipped: list[tuple[str, str]], weights: dict[str, float]) -> None:
-        """Spread ``needed`` MAC savings; re-spread without the layers whose factors were not faster."""
-        for _ in range(6):
+        """Spread ``needed`` MAC savings; where factors were not fast enough, cut that layer less and re-spread.
+
+        A layer whose factors miss ``min_speedup``/``min_realized`` at rank ``r`` gets a rank floor halfway
+        from ``r`` to its break-even rank, so the next allocation cuts it more gently and moves the rest of
+        the budget elsewhere; a layer with no useful rank left keeps its original.
+        """
+        for attempt in range(_LATENCY_ROUNDS):
             active = [layer for layer in layers if layer.name not in trial.slow]
-            self._allocate(active, needed, opts, weights)
-            if not self._check_latency(active, opts, trial):
+            self._allocate(active, needed, opts, weights, trial.floors)
+            failed = self._check_latency(active, opts, trial)
+            if not failed:
                 break
+            for layer in active:
+                if layer.name not in failed:
+                    continue
+                floor = _raised_floor(layer, opts.rank_multiple)
+                if floor is None or attempt == _LATENCY_ROUNDS - 1:
+                    trial.slow[layer.name] = failed[layer.name]
+                else:
+                    trial.floors[(layer.name, layer.kind)] = floor
         for layer in layers:
             if layer.name not in trial.slow and layer.rank is None:
                 skipped.append((layer.name, "mac_ratio: the budget was met by cheaper cuts elsewhere"))
@@ -246,7 +266,7 @@ class SVDDecomposition:
                 skipped.append((layer.name, f"rank {layer.rank} ({layer.kind}) needs {factor:,} MACs >= the "
                                             f"original {layer.macs:,}: no reduction"))
                 layer.rank = None
-        self._check_latency(layers, opts, trial)
+        trial.slow.update(self._check_latency(layers, opts, trial))
 
     def _apply(self, model: nn.Module, layers: list[_Layer], trial: "_Trials",
                opts: "SVDDecomposition.Options") -> tuple[list[dict[str, Any]], int]:
@@ -355,7 +375,7 @@ class SVDDecomposition:
         _, layer.kind, layer.rank = best
 
     def _allocate(self, layers: list[_Layer], needed: float, opts: "SVDDecomposition.Options",
-                  weights: dict[str, float]) -> None:
+                  weights: dict[str, float], floors: dict[tuple[str, str], int]) -> None:
         """Spread ``needed`` MAC savings over ``layers`` (choosing each layer's kind first when auto)."""
         share = _share(layers, needed)
         curves = []
@@ -363,7 +383,7 @@ class SVDDecomposition:
             layer.kind = min(layer.kinds, key=lambda kind: self._error_at_share(layer, kind, share))
             energies = layer.spectra[layer.kind].energies.sum(0)
             curves.append(RankCurve(layer.macs, layer.cost_per_rank(layer.kind), energies,
-                                    weights.get(layer.name, 1.0)))
+                                    weights.get(layer.name, 1.0), floors.get((layer.name, layer.kind), 1)))
         for layer, rank in zip(layers, allocate_ranks(curves, needed, opts.rank_multiple)):
             layer.rank = rank
 
@@ -402,11 +422,12 @@ class SVDDecomposition:
                 weights[layer.name] = error / predicted
         return weights
 
-    def _check_latency(self, layers: list[_Layer], opts: "SVDDecomposition.Options", trial: "_Trials") -> list[str]:
-        """Time each layer's candidate factors; record (in ``trial.slow``) and return those not fast enough."""
+    def _check_latency(self, layers: list[_Layer], opts: "SVDDecomposition.Options",
+                       trial: "_Trials") -> dict[str, str]:
+        """Time each layer's candidate factors; return the layers not fast enough, with the reason."""
         if not opts.measure_latency:
-            return []
-        newly = []
+            return {}
+        failed = {}
         for layer in layers:
             if layer.rank is None or layer.name in trial.slow:
                 continue
@@ -416,13 +437,13 @@ class SVDDecomposition:
             if key not in trial.timings:
                 trial.timings[key] = _time_pair(layer.module, trial.built[key], layer.x, opts.latency_runs)
             before, after = trial.timings[key]
-            if before < opts.min_speedup * after:
-                cut = layer.macs / max(1, layer.factor_macs(layer.kind, layer.rank))
-                trial.slow[layer.name] = (
+            cut = layer.macs / max(1, layer.factor_macs(layer.kind, layer.rank))
+            if before < opts.min_speedup * after or before < opts.min_realized * cut * after:
+                failed[layer.name] = (
                     f"kept original: rank-{layer.rank} {layer.kind} factors cut MACs {cut:.2f}x but ran "
-                    f"{before / after:.2f}x as fast (min_speedup={opts.min_speedup})")
-                newly.append(layer.name)
-        return newly
+                    f"{before / after:.2f}x as fast (min_speedup={opts.min_speedup}, "
+                    f"min_realized={opts.min_realized})")
+        return failed
 
     @staticmethod
     def _row(layer: _Layer, module: nn.Module | None, timing: tuple[float, float] | None, warning: str) -> dict:
@@ -444,6 +465,18 @@ class SVDDecomposition:
             "latency_after_ms": None if timing is None else (timing[0] if module is None else timing[1]),
             "warning": warning,
         }
+
+
+_LATENCY_ROUNDS = 8
+
+
+def _raised_floor(layer: _Layer, multiple: int) -> int | None:
+    """The rank floor after ``layer`` was too slow at ``layer.rank``: halfway to break-even, or None."""
+    break_even = -(-layer.macs // layer.cost_per_rank(layer.kind)) - 1   # the largest rank still saving MACs
+    step = max(1, multiple)
+    floor = layer.rank + max(step, (break_even - layer.rank) // 2)
+    floor = -(-floor // step) * step
+    return floor if floor <= break_even else None
 
 
 def _share(layers: list[_Layer], needed: float) -> float:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,10 +17,10 @@ from torch import nn
 
 import torchslim
 from torchslim.data import digits_loaders
-from torchslim.decompose import compute_spectrum, factor_macs, weight_matrix
+from torchslim.decompose import RankCurve, allocate_ranks, compute_spectrum, factor_macs, weight_matrix
 from torchslim.lowrank import MODULE_KINDS, ChannelLowRankConv, LowRankLinear, SpatialLowRankConv2d
 from torchslim.measure import count_macs
-from torchslim.plugins.svd import SVDDecomposition
+from torchslim.plugins.svd import SVDDecomposition, _raised_floor
 from torchslim.zoo import DigitsCNN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -252,11 +253,31 @@ def test_measured_latency_is_reported_and_slow_factors_are_kept_original(trained
     assert not any(isinstance(m, tuple(MODULE_KINDS)) for m in model.modules())
     assert result.info["layers_kept_slower"] == len(result.report)
 
-    _, kept = _run(trained_digits_cnn, _x(8), rank=2, measure_latency=True, min_speedup=0.0, latency_runs=3)
+    _, kept = _run(trained_digits_cnn, _x(8), rank=2, measure_latency=True, min_speedup=0.0, min_realized=0.0,
+                   latency_runs=3)
     for row in kept.report:
         assert row["latency_after_ms"] > 0 and row["rank"] == 2
         slower = row["latency_after_ms"] > row["latency_before_ms"]
         assert row["warning"].startswith("slower") == slower
+
+
+def test_allocation_never_cuts_below_a_layers_rank_floor():
+    torch.manual_seed(0)
+    energies = torch.linspace(10, 1, 32)
+    free = RankCurve(macs=32_000, cost_per_rank=1_000, energies=energies)
+    floored = RankCurve(macs=32_000, cost_per_rank=1_000, energies=energies, min_rank=24)
+    unconstrained = allocate_ranks([free, free], 30_000)
+    constrained = allocate_ranks([free, floored], 30_000)
+    assert unconstrained[1] is not None and unconstrained[1] < 24
+    assert constrained[1] is None or constrained[1] >= 24
+    assert constrained[0] < unconstrained[0]   # the budget moved to the layer without a floor
+
+
+def test_a_layer_too_slow_at_a_deep_cut_is_cut_less_not_dropped():
+    layer = SimpleNamespace(macs=100_000, rank=8, kind="channel", cost_per_rank=lambda kind: 1_000)
+    assert _raised_floor(layer, 8) == 56            # halfway to break-even (rank 99), rounded up to 8
+    layer.rank = 96
+    assert _raised_floor(layer, 8) is None          # nothing useful is left: keep the original
 
 
 # ---------------------------------------------------------------------------- engine
