@@ -97,3 +97,11 @@ def example_inputs_from(example_inputs: Any, *loaders: Iterable | None) -> tuple
             inputs, _ = split_batch(batch)
             return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
     return ()
+
+
+def float_tensors(output: Any) -> list[torch.Tensor]:
+    """The floating-point tensors of a model output (tensor, tuple, list or dict), flattened and detached."""
+    if isinstance(output, torch.Tensor):
+        return [output.detach().float()] if output.is_floating_point() else []
+    values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
+    return [tensor for value in values for tensor in float_tensors(value)]

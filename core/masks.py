@@ -44,12 +44,15 @@ class Mask(nn.Module):
     """Parametrization that multiplies a tensor by a fixed boolean mask (``True`` keeps the entry).
 
     The mask is a ``bool`` buffer named ``mask`` with the tensor's shape, so it is saved in the state
-    dict, moves with ``.to(device)`` and costs one byte per entry.
+    dict, moves with ``.to(device)`` and costs one byte per entry. It is a copy of ``mask`` unless
+    ``copy=False``: then a contiguous boolean ``mask`` is adopted as is (the caller hands it over and
+    must not change it afterwards), which saves a second copy of every mask while pruning.
     """
 
-    def __init__(self, mask: torch.Tensor) -> None:
+    def __init__(self, mask: torch.Tensor, *, copy: bool = True) -> None:
         super().__init__()
-        self.register_buffer("mask", mask.detach().to(torch.bool).clone())
+        values = mask.detach().to(torch.bool)
+        self.register_buffer("mask", values.clone() if copy or not values.is_contiguous() else values)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return X * self.mask
@@ -114,12 +117,14 @@ def parameter_holders(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, 
     return holders
 
 
-def apply_mask(module: nn.Module, name: str, mask: torch.Tensor | Mask) -> Mask:
+def apply_mask(module: nn.Module, name: str, mask: torch.Tensor | Mask, *, zero_stored: bool = True) -> Mask:
     """Mask ``module.<name>`` with ``mask`` (``True`` keeps); AND it into an existing mask.
 
     ``mask`` is a boolean tensor of the parameter's shape, or a :class:`Mask` to share (tied weights:
     pass the :class:`Mask` returned for the first holder when masking the others, so all holders use
-    one mask). The stored values of pruned entries are zeroed too, so the saved ``original`` is sparse.
+    one mask). The stored values of pruned entries are zeroed too, so the saved ``original`` is sparse;
+    ``zero_stored=False`` leaves them for the caller to zero (``original.mul_(mask)``) once it is sure,
+    so taking the mask off again restores the tensor without a copy of its values.
     Returns the :class:`Mask` now in place.
     """
     shared = mask if isinstance(mask, Mask) else None
@@ -144,8 +149,9 @@ def apply_mask(module: nn.Module, name: str, mask: torch.Tensor | Mask) -> Mask:
         parametrize.register_parametrization(module, name, target)
         if isinstance(module, nn.RNNBase):
             _install_rnn_hook(module)
-    with torch.no_grad():
-        tensor.mul_(target.mask)
+    if zero_stored:
+        with torch.no_grad():
+            tensor.mul_(target.mask)
     return target
 
 

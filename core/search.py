@@ -16,6 +16,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -27,7 +28,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from .batches import split_batch
+from .batches import float_tensors, split_batch
 from .checkpoint import model_fingerprint, write_json_atomic
 from .errors import RecipeError
 from .recipe import Search, Step, Targets
@@ -40,6 +41,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("torchslim")
 GRID_POINTS = 8
+#: Savings steps of the allocation knapsack: the target is met within 1/ALLOCATION_BINS of the saving.
+ALLOCATION_BINS = 400
+#: Weight of a trial's relative output distortion next to its metric loss in the allocation: small, so
+#: it only orders choices the (coarse, often zero) calibration metric cannot tell apart.
+DISTORTION_WEIGHT = 1e-3
+#: Bumped when cached sensitivity entries change meaning, so older caches are not reused.
+CACHE_VERSION = 2
 
 
 def strength_field(options_model: type[BaseModel] | None) -> str | None:
@@ -216,16 +224,18 @@ class Searcher:
 
         bar = tqdm(total=len(todo), desc="sensitivity", unit="trial", disable=not sys.stderr.isatty(), leave=False)
         layer_cost: dict[str, float] = {}
+        reference = self.outputs(model) if todo else []
         for knob, strength in todo:
             trial, _ = self.apply(_private_copy(model), knob, strength)
             loss = self.loss(baseline_score, self.score(trial))
+            distortion = _relative_change(self.outputs(trial), reference)
             if self.target_metric == "latency_ms":
                 if knob.layer not in layer_cost:
                     layer_cost[knob.layer] = self.cost(model, knob.layer)
                 saving = layer_cost[knob.layer] - self.cost(trial, knob.layer)
             else:
                 saving = baseline_cost - self.cost(trial)
-            cache.put(knob.key, strength, {"loss": loss, "saving": saving})
+            cache.put(knob.key, strength, {"loss": loss, "saving": saving, "distortion": distortion})
             bar.update(1)
         bar.close()
         for knob in knobs:
@@ -240,12 +250,25 @@ class Searcher:
             for tensor in batch:
                 if isinstance(tensor, torch.Tensor):
                     digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        setup = {"methods": [m.model_dump(mode="json") for m in self.search.methods], "grid": self.search.grid,
+        setup = {"version": CACHE_VERSION,
+                 "methods": [m.model_dump(mode="json") for m in self.search.methods], "grid": self.search.grid,
                  "target": self.target_metric, "metric": self.score_metric,
                  "batches": self.search.calibration_batches, "evaluators": self.evaluators}
         digest.update(json.dumps(setup, sort_keys=True, default=str).encode())
         root = Path(self.search.cache_dir) if self.search.cache_dir else _default_cache_dir()
         return root / f"sensitivity-{digest.hexdigest()[:24]}.json"
+
+    def outputs(self, model: nn.Module) -> list[torch.Tensor]:
+        """The model's floating-point outputs on the calibration batches (for output distortion)."""
+        found: list[torch.Tensor] = []
+        model.eval()
+        with torch.no_grad():
+            for index, batch in enumerate(self.context.eval_data or ()):
+                if index >= self.search.calibration_batches:
+                    break
+                inputs, _ = split_batch(batch)
+                found += float_tensors(self.context.forward(model, inputs, where="a calibration batch"))
+        return found
 
     def _calibration_batches(self) -> list[tuple]:
         out = []
@@ -260,35 +283,54 @@ class Searcher:
 
     # ------------------------------------------------------------------ allocation
     @staticmethod
-    def allocate(knobs: list[Knob], needed: float) -> dict[str, float]:
-        """Greedy: repeatedly take the move with the least extra loss per extra saving until ``needed``.
+    def allocate(knobs: list[Knob], needed: float, resolution: int = ALLOCATION_BINS) -> dict[str, float]:
+        """The per-layer strengths saving at least ``needed`` at the least summed predicted loss.
 
-        Returns ``{knob.key: strength}`` for the knobs that are used. Savings and losses are assumed
-        additive across layers (the realized cost is measured afterwards and corrected).
+        An exact multiple-choice knapsack (each layer: untouched or one grid strength) solved by
+        dynamic programming over savings counted in ``needed / resolution`` steps, rounded down, so the
+        chosen savings really add up to ``needed``. Each point's loss is its metric loss, ties broken by
+        its output distortion (``DISTORTION_WEIGHT``) and then by less overshoot. Losses and savings
+        are taken as additive across layers; the realized cost is measured afterwards and corrected.
+        When the target is out of reach every layer gets the strength that saves the most.
+
+        Returns ``{knob.key: strength}`` for the knobs that are used.
         """
-        chosen: dict[str, float] = {}
-        saved = 0.0
-        by_key = {k.key: k for k in knobs}
-        while saved < needed:
-            best: tuple[float, str, float, float] | None = None
-            for key, knob in by_key.items():
-                current = chosen.get(key)
-                now = knob.points[current] if current is not None else {"loss": 0.0, "saving": 0.0}
-                start = knob.grid.index(current) + 1 if current is not None else 0
-                for strength in knob.grid[start:]:
-                    point = knob.points[strength]
-                    gain = point["saving"] - now["saving"]
-                    if gain <= 0:
+        if needed <= 0 or not knobs:
+            return {}
+        unit = needed / resolution
+        options = []
+        for knob in knobs:
+            choices = []
+            for strength in knob.grid:
+                point = knob.points[strength]
+                if point["saving"] > 0:
+                    cost = point["loss"] + DISTORTION_WEIGHT * point.get("distortion", 0.0)
+                    choices.append((strength, min(resolution, int(point["saving"] / unit)), cost, point["saving"]))
+            options.append(choices)
+        best = [0.0] + [math.inf] * resolution        # least cost reaching exactly b steps (b = resolution: at least)
+        trail: list[list[tuple[int, int]]] = []      # per knob and state: (choice index or -1, previous state)
+        for choices in options:
+            new, back = list(best), [(-1, b) for b in range(resolution + 1)]
+            for index, (_, units, cost, saving) in enumerate(choices):
+                tie = 1e-12 * saving
+                for b, value in enumerate(best):
+                    if value == math.inf:
                         continue
-                    extra = max(0.0, point["loss"] - now["loss"])
-                    ratio = (extra + 1e-9) / gain
-                    if best is None or ratio < best[0]:
-                        best = (ratio, key, strength, gain)
-            if best is None:
-                break
-            _, key, strength, gain = best
-            chosen[key] = strength
-            saved += gain
+                    reach = min(resolution, b + units)
+                    candidate = value + cost + tie
+                    if candidate < new[reach]:
+                        new[reach], back[reach] = candidate, (index, b)
+            best = new
+            trail.append(back)
+        if best[resolution] == math.inf:
+            return {k.key: max(k.grid, key=lambda s: k.points[s]["saving"]) for k in knobs
+                    if any(k.points[s]["saving"] > 0 for s in k.grid)}
+        chosen: dict[str, float] = {}
+        state = resolution
+        for knob, choices, back in zip(reversed(knobs), reversed(options), reversed(trail)):
+            index, state = back[state]
+            if index >= 0:
+                chosen[knob.key] = choices[index][0]
         return chosen
 
     def build(self, model: nn.Module, knobs: list[Knob], chosen: dict[str, float]) -> tuple[nn.Module, list[StepRecord]]:
@@ -460,6 +502,14 @@ def write_plots(out_dir: Path, knobs: list[Knob], attempts: list[dict[str, Any]]
     fig.savefig(att, dpi=100)
     plt.close(fig)
     return [str(sens), str(att)]
+
+
+def _relative_change(outputs: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
+    """``sum ||a - b||^2 / sum ||b||^2`` over matching output tensors (0 when there are none)."""
+    scale = sum(float(b.pow(2).sum()) for b in reference)
+    if not reference or scale == 0.0:
+        return 0.0
+    return sum(float((a - b).pow(2).sum()) for a, b in zip(outputs, reference)) / scale
 
 
 def _private_copy(model: nn.Module) -> nn.Module:

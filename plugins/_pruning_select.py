@@ -7,7 +7,8 @@ cost is a few linear passes over the scores however many layers there are. ``Tru
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -85,7 +86,14 @@ def _count_bounds(sizes: Sequence[int], lo: float, hi: float,
     return low, high
 
 
-def global_lowest(scores: Sequence[torch.Tensor], fraction: float, lo: float = 0.0,
+#: Scores = a tensor, or a zero-argument callable yielding a tensor's scores flat, in order, in pieces.
+Scores = torch.Tensor | Callable[[], Iterable[torch.Tensor]]
+
+#: Elements per piece when a pass walks through scores: bounds the temporaries of counting.
+CHUNK = 1 << 20
+
+
+def global_lowest(scores: Sequence[Scores], fraction: float, lo: float = 0.0,
                   hi: float = 1.0, keep_one: bool = False) -> tuple[list[torch.Tensor], bool]:
     """Keep-masks (flat) pruning ``round(fraction * total)`` lowest scores across all tensors.
 
@@ -93,24 +101,36 @@ def global_lowest(scores: Sequence[torch.Tensor], fraction: float, lo: float = 0
     at the bound and the rest share the remaining count (water-filling; each pass fixes at least one
     tensor, and only on the side the true solution lies). Returns the masks and whether the exact total
     was reachable within the bounds.
+
+    The masks are those :func:`prune_lowest` gives on the concatenation of the tensors (ties at the cut
+    go to the earliest positions, tensor by tensor), but nothing of the concatenation's size is built:
+    the cut is found by counting, a piece at a time (:func:`global_cut`). An entry of ``scores`` may
+    be a zero-argument callable yielding the tensor's scores flat, in order, in pieces of about
+    :data:`CHUNK` elements; it is called whenever a pass needs those scores and nothing is kept, so
+    beyond the masks the memory used is one piece.
     """
-    flats = [s.reshape(-1) for s in scores]
-    sizes = [f.numel() for f in flats]
-    total = sum(sizes)
-    want = round(fraction * total)
+    read = [_reader(s) for s in scores]
+    sizes, devices, dtype = [], [], torch.float32
+    for r in read:
+        size = 0
+        for piece in r():
+            size += piece.numel()
+            device = piece.device
+            dtype = torch.promote_types(dtype, _key_dtype(piece))
+        sizes.append(size)
+        devices.append(device if size else torch.device("cpu"))
+    want = round(fraction * sum(sizes))
     low, high = _count_bounds(sizes, lo, hi, keep_one)
     fixed: dict[int, int] = {}
-    free = list(range(len(flats)))
-    free_masks: list[torch.Tensor] = []
+    free = list(range(len(read)))
+    cut: Cut | None = None
     while free:
         budget = want - sum(fixed.values())
         capacity = sum(sizes[i] for i in free)
-        cat = torch.cat([flats[i] for i in free]) if len(free) > 1 else flats[free[0]]
-        keep = prune_lowest(cat.unsqueeze(0), max(0, min(budget, capacity)))[0]
-        free_masks = list(torch.split(keep, [sizes[i] for i in free]))
-        counts = [sizes[i] - int(torch.count_nonzero(m)) for i, m in zip(free, free_masks)]
-        over = [(i, c - high[i]) for i, c in zip(free, counts) if c > high[i]]
-        under = [(i, low[i] - c) for i, c in zip(free, counts) if c < low[i]]
+        cut = global_cut([read[i] for i in free], max(0, min(budget, capacity)), dtype)
+        counts = dict(zip(free, cut.pruned))
+        over = [(i, c - high[i]) for i, c in counts.items() if c > high[i]]
+        under = [(i, low[i] - c) for i, c in counts.items() if c < low[i]]
         if not over and not under:
             break
         excess, deficit = sum(e for _, e in over), sum(d for _, d in under)
@@ -119,14 +139,128 @@ def global_lowest(scores: Sequence[torch.Tensor], fraction: float, lo: float = 0
         else:
             fixed.update({i: low[i] for i, _ in under})
         free = [i for i in free if i not in fixed]
-        free_masks = []
-    masks: list[torch.Tensor | None] = [None] * len(flats)
-    for i, m in zip(free, free_masks):
-        masks[i] = m
+    # all masks are allocated together, before the scores are read again: transients leave no holes
+    masks: list[torch.Tensor] = [torch.empty(size, dtype=torch.bool, device=device)
+                                 for size, device in zip(sizes, devices)]
+    for position, i in enumerate(free):
+        cut.fill(masks[i], read[i], position)
     for i, count in fixed.items():
-        masks[i] = prune_lowest(flats[i].unsqueeze(0), count)[0]
+        masks[i] = prune_lowest(torch.cat(list(read[i]())).unsqueeze(0), count)[0]
     pruned = sum(sizes[i] - int(torch.count_nonzero(m)) for i, m in enumerate(masks))
-    return [m for m in masks], pruned == want
+    return masks, pruned == want
+
+
+@dataclass
+class Cut:
+    """Where pruning the ``k`` lowest scores of several tensors together cuts each of them.
+
+    ``value`` is the ``k``-th smallest score (None when ``k`` is 0); tensor ``i`` loses its scores below
+    ``value`` and the first ``ties[i]`` scores equal to it, ``pruned[i]`` in all.
+    """
+
+    value: torch.Tensor | None
+    ties: list[int]
+    pruned: list[int]
+
+    def fill(self, keep: torch.Tensor, read: Callable[[], Iterable[torch.Tensor]], index: int) -> None:
+        """Write the keep-mask of tensor ``index`` (its scores from ``read``) into the flat bool ``keep``."""
+        if self.value is None:
+            keep.fill_(True)
+            return
+        ties, start = self.ties[index], 0
+        for piece in _pieces(read, self.value.dtype):
+            out = keep[start:start + piece.numel()]
+            start += piece.numel()
+            torch.ge(piece, self.value, out=out)
+            if ties > 0:
+                tied = (piece == self.value).nonzero().squeeze(1)[:ties]
+                out[tied] = False
+                ties -= tied.numel()
+
+
+def global_cut(readers: Sequence[Callable[[], Iterable[torch.Tensor]]], k: int,
+               dtype: torch.dtype = torch.float32) -> Cut:
+    """The :class:`Cut` pruning the ``k`` lowest scores over all tensors that ``readers`` yield.
+
+    Each reader yields one tensor's scores flat, in pieces; they are compared as ``dtype`` (float32 or
+    float64). The ``k``-th smallest value is found exactly by a radix select on their bit patterns,
+    16 bits per pass (two passes for float32): each pass only counts, a piece at a time.
+    """
+    if k <= 0:
+        return Cut(None, [0] * len(readers), [0] * len(readers))
+    width = 64 if dtype == torch.float64 else 32
+    prefix: int | None = None
+    remaining = k
+    for shift in range(width - 16, -1, -16):
+        counts = torch.zeros(1 << 16, dtype=torch.long)
+        for read in readers:
+            for piece in _pieces(read, dtype):
+                key = _sortable(piece)
+                if prefix is not None:
+                    key = key[(key >> (shift + 16)) == prefix]
+                key >>= shift
+                if prefix is None:
+                    key += 1 << 15  # the top digit carries the sign
+                else:
+                    key &= 0xFFFF
+                counts += torch.bincount(key, minlength=1 << 16).cpu()
+        total = counts.cumsum(0)
+        digit = int(torch.searchsorted(total, remaining))
+        remaining -= int(total[digit - 1]) if digit > 0 else 0
+        prefix = digit - (1 << 15) if prefix is None else (prefix << 16) | digit
+    value = _from_sortable(prefix, width)
+    below, equal = [], []
+    for read in readers:
+        n_below = n_equal = 0
+        for piece in _pieces(read, dtype):
+            cut = value.to(piece.device)
+            n_below += int(torch.count_nonzero(piece < cut))
+            n_equal += int(torch.count_nonzero(piece == cut))
+        below.append(n_below)
+        equal.append(n_equal)
+    need, ties = k - sum(below), []
+    for count in equal:  # ties at the cut go to the earliest positions, as in the concatenation
+        ties.append(min(count, need))
+        need -= ties[-1]
+    return Cut(value, ties, [b + t for b, t in zip(below, ties)])
+
+
+def _reader(scores: Scores) -> Callable[[], Iterable[torch.Tensor]]:
+    if isinstance(scores, torch.Tensor):
+        return lambda: scores.reshape(-1).split(CHUNK)
+    return scores
+
+
+def _key_dtype(scores: torch.Tensor) -> torch.dtype:
+    return torch.float64 if scores.dtype == torch.float64 else torch.float32
+
+
+def _pieces(read: Callable[[], Iterable[torch.Tensor]], dtype: torch.dtype) -> Iterator[torch.Tensor]:
+    """The pieces ``read`` yields, flat, contiguous and of ``dtype``."""
+    for piece in read():
+        yield piece.reshape(-1).to(dtype).contiguous()
+
+
+def _sortable(values: torch.Tensor) -> torch.Tensor:
+    """Integers ordered as the floats ``values`` are (float32 -> int32, float64 -> int64), a new tensor.
+
+    Non-negative floats order as their bit patterns; negative ones in reverse, so their magnitude
+    bits are flipped. ``-0.0`` lands just below ``0.0``, which leaves every k-th value unchanged.
+    """
+    ints, width = (torch.int64, 64) if values.dtype == torch.float64 else (torch.int32, 32)
+    bits = values.view(ints)
+    key = bits >> (width - 1)  # -1 where negative, else 0
+    key &= (1 << (width - 1)) - 1
+    key ^= bits
+    return key
+
+
+def _from_sortable(key: int, width: int) -> torch.Tensor:
+    """The float whose :func:`_sortable` key is ``key``."""
+    magnitude = (1 << (width - 1)) - 1
+    bits = key ^ magnitude if key < 0 else key
+    ints, floats = (torch.int64, torch.float64) if width == 64 else (torch.int32, torch.float32)
+    return torch.tensor(bits, dtype=ints).view(floats)
 
 
 def layer_lowest(scores: torch.Tensor, fraction: float, lo: float = 0.0, hi: float = 1.0,

@@ -198,21 +198,11 @@ class SGDFinetune:
             return torch.optim.AdamW(params, lr=opts.lr, weight_decay=opts.weight_decay)
         return torch.optim.SGD(params, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay)
 
-    @staticmethod
-    def _train_step(model: nn.Module, batch: Any, context: Any, opts: "SGDFinetune.Options",
+    def _train_step(self, model: nn.Module, batch: Any, context: Any, opts: "SGDFinetune.Options",
                     optimizer: torch.optim.Optimizer, params: list[nn.Parameter], where: str,
                     weight: float = 1.0) -> float:
         inputs, target = split_batch(batch)
-        output = context.forward(model, inputs, where)
-        if context.loss_fn is None:
-            logits = logits_of(output, where)
-            check_classification_batch(logits, target, where, allow_soft=True)
-            target = to_device(target, logits.device)
-            if not target.is_floating_point():
-                target = target.long()
-            loss = nn.functional.cross_entropy(logits, target, label_smoothing=opts.label_smoothing)
-        else:
-            loss = context.loss(output, to_device(target, context.device))
+        loss = self.compute_loss(model, inputs, target, context, opts, where)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise torchslim.DataError(
                 f"{where}: the loss must be a scalar tensor, got "
@@ -230,3 +220,40 @@ class SGDFinetune:
             nn.utils.clip_grad_norm_(params, opts.grad_clip)
         optimizer.step()
         return value
+
+    # ------------------------------------------------------------------ the loss: what a subclass replaces
+    def compute_loss(self, model: nn.Module, inputs: Any, target: Any, context: Any,
+                     opts: "SGDFinetune.Options", where: str) -> torch.Tensor:
+        """The scalar loss of one training batch; a subclass overrides this to train on another objective.
+
+        ``model`` is the module to call (a DistributedDataParallel wrapper when distributed: call it
+        through ``context.forward(model, inputs, where)`` so the gradients are synchronised),
+        ``inputs`` and ``target`` are the batch as :func:`torchslim.batches.split_batch` splits it
+        (``target`` is None for batches of inputs only), and ``where`` names the batch for error
+        messages. The loss must be a mean over the batch. Everything around it (optimizer, schedule,
+        seeding, data order, gradient clipping, the finiteness check) stays the loop's. The default is
+        :meth:`task_loss` of the model's output.
+
+        >>> class Quadratic(SGDFinetune):  # a method that only changes the loss
+        ...     def compute_loss(self, model, inputs, target, context, opts, where):
+        ...         return context.forward(model, inputs, where).pow(2).mean()
+        """
+        output = context.forward(model, inputs, where)
+        return self.task_loss(output, target, context, opts, where)
+
+    @staticmethod
+    def task_loss(output: Any, target: Any, context: Any, opts: "SGDFinetune.Options", where: str) -> torch.Tensor:
+        """The task loss of ``output``: the user's ``loss_fn(output, target)``, else checked cross-entropy.
+
+        The default cross-entropy reads the logits (a tensor, a dict's ``"logits"`` or ``.logits``),
+        checks the batch (labels in range, or soft labels of the logits' shape) and applies
+        ``opts.label_smoothing``.
+        """
+        if context.loss_fn is not None:
+            return context.loss(output, to_device(target, context.device))
+        logits = logits_of(output, where)
+        check_classification_batch(logits, target, where, allow_soft=True)
+        target = to_device(target, logits.device)
+        if not target.is_floating_point():
+            target = target.long()
+        return nn.functional.cross_entropy(logits, target, label_smoothing=opts.label_smoothing)

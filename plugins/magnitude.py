@@ -23,7 +23,7 @@ Python::
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -33,7 +33,7 @@ from torch.nn.utils import parametrize
 import torchslim
 from torchslim.context import RunContext
 from torchslim.errors import ModelError, RecipeError
-from torchslim.masks import apply_mask, get_mask
+from torchslim.masks import Mask, apply_mask, get_mask
 from torchslim.recipe import Targets, format_validation_error
 
 from . import _pruning_select as select
@@ -298,7 +298,10 @@ def _prune_round(
 
     Without ``sequential`` reconstruction all masks and weights are computed before anything changes.
     With it, layers go in forward order in groups fed the same input, each calibrated on the outputs
-    of the groups already pruned; a failure then restores the tensors already changed.
+    of the groups already pruned; a failure then restores the tensors already changed. Scores are
+    computed layer by layer and dropped (:class:`_Scores`), and a mask is released once its module
+    holds it, so the step's own memory stays near the masks' (one byte per weight). Stored values
+    are zeroed only once every mask is in place: until then a failure only has to take masks off.
     """
     stats: dict[int, InputStats] = {}
     batches: list[Any] = []
@@ -317,6 +320,7 @@ def _prune_round(
         # one ranking over all layers needs every score now: masks from this pass, weights sequential
         preset, skipped, exact = _select(found, _scores(found, opts, stats, notes), opts, fraction)
     undo = _Undo()
+    masked: list[PruneTarget] = []
     try:
         for index, group in enumerate(groups):
             if index > 0:
@@ -343,11 +347,14 @@ def _prune_round(
                         weights[target.name] = new
                         notes[target.name]["reconstructed"] = True
             for target in group:
-                if target.name in keep:
-                    _apply(target, keep[target.name], weights.get(target.name), undo)
+                if target.name in keep and _apply(target, keep.pop(target.name), weights.pop(target.name, None), undo):
+                    masked.append(target)
     except BaseException:
         undo.restore()
         raise
+    for target in masked:  # the masks hold: make the stored values sparse too
+        with torch.no_grad():
+            target.stored.mul_(get_mask(target.module, target.param_name))
     return skipped, notes, exact
 
 
@@ -381,24 +388,57 @@ def _forward_groups(found: list[PruneTarget], trace: Any) -> list[list[PruneTarg
 
 
 def _scores(found: list[PruneTarget], opts: MagnitudeOptions, stats: dict[int, InputStats],
-            notes: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
-    scores = {}
+            notes: dict[str, dict[str, Any]]) -> "_Scores":
+    scores = _Scores(found, opts, stats)
     for target in found:
-        score, criterion = _score(target, opts, stats)
-        scores[target.name] = score
-        notes[target.name] = {"criterion": criterion, "reconstructed": False}
+        notes[target.name] = {"criterion": scores.criteria[target.name], "reconstructed": False}
     return scores
 
 
+class _Scores(Mapping[str, torch.Tensor]):
+    """The importance of every entry of each target, by name, computed when read and never kept.
+
+    Global ranking reads every layer's scores a few times; recomputing ``|w|`` (times the cached
+    per-column input norms of the activation criterion) is cheap, while keeping them all would cost
+    the size of the weights again. ``criteria`` names the criterion each target actually gets.
+    """
+
+    def __init__(self, found: list[PruneTarget], opts: MagnitudeOptions, stats: dict[int, InputStats]) -> None:
+        self._targets = {t.name: t for t in found}
+        self._stats = stats
+        self._scales: dict[str, torch.Tensor | None] = {}
+        self.criteria = {t.name: _criterion(t, opts, stats) for t in found}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        target = self._targets[name]
+        weight = target.effective().float().abs()
+        if self.criteria[name] != "activation":
+            return weight
+        if name not in self._scales:
+            self._scales[name] = _input_scale(target, weight, self._stats)
+        return weight * self._scales[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._targets)
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+    def reader(self, name: str) -> Callable[[], torch.Tensor]:
+        """A zero-argument function computing the scores of ``name`` afresh on each call."""
+        return lambda: self[name]
+
+
 class _Undo:
-    """Remembers each tensor's values and mask before it is changed, to restore them on failure."""
+    """Remembers each tensor's mask (and values, when rewritten) before it changes, to restore on failure."""
 
     def __init__(self) -> None:
-        self.saved: list[tuple[PruneTarget, torch.Tensor, torch.Tensor | None]] = []
+        self.saved: list[tuple[PruneTarget, torch.Tensor | None, torch.Tensor | None]] = []
 
-    def record(self, target: PruneTarget) -> None:
+    def record(self, target: PruneTarget, values: bool) -> None:
         mask = get_mask(target.module, target.param_name)
-        self.saved.append((target, target.stored.detach().clone(), None if mask is None else mask.clone()))
+        self.saved.append((target, target.stored.detach().clone() if values else None,
+                           None if mask is None else mask.clone()))
 
     def restore(self) -> None:
         for target, values, mask in reversed(self.saved):
@@ -409,48 +449,63 @@ class _Undo:
                             parametrize.remove_parametrizations(module, param_name, leave_parametrized=False)
                 else:
                     get_mask(target.module, target.param_name).copy_(mask)
-                target.stored.copy_(values)
+                if values is not None:
+                    target.stored.copy_(values)
 
 
-def _apply(target: PruneTarget, keep: torch.Tensor, weight: torch.Tensor | None, undo: _Undo) -> None:
-    """Write reconstructed values (if any) and mask every holder of ``target`` with one shared mask."""
+def _apply(target: PruneTarget, keep: torch.Tensor, weight: torch.Tensor | None, undo: _Undo) -> bool:
+    """Write reconstructed values (if any) and mask every holder of ``target`` with one shared mask.
+
+    The stored values are left as they are (the caller zeroes them once every mask is in place), so
+    undoing a mask needs no copy of them. Returns False when nothing was pruned or masked.
+    """
     if bool(keep.all()) and get_mask(target.module, target.param_name) is None:
-        return  # nothing pruned here: leave the tensor unparametrized
-    undo.record(target)
+        return False  # nothing pruned here: leave the tensor unparametrized
+    undo.record(target, values=weight is not None)
     if weight is not None:
         with torch.no_grad():
             target.stored.copy_(weight)
-    shared = None
+    shared = Mask(keep, copy=False)  # the mask was made for this tensor alone: no second copy
     for _, module, param_name in target.holders:
-        shared = apply_mask(module, param_name, shared if shared is not None else keep)
+        shared = apply_mask(module, param_name, shared, zero_stored=False)
+    return True
 
 
-def _score(target: PruneTarget, opts: MagnitudeOptions, stats: dict[int, InputStats]) -> tuple[torch.Tensor, str]:
-    """The importance of every entry of ``target`` and the criterion actually used."""
-    weight = target.effective().float().abs()
+_GEMM_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _criterion(target: PruneTarget, opts: MagnitudeOptions, stats: dict[int, InputStats]) -> str:
+    """The criterion ``target`` is scored by: ``activation`` only with input statistics to use."""
     if opts.criterion != "activation" or target.is_bias:
-        return weight, "weight"
+        return "weight"
+    seen = any(stats.get(id(m)) is not None for _, m, _ in target.holders)
+    if not seen or target.param_name != "weight" or not isinstance(target.module, _GEMM_LAYERS):
+        return "weight (no input statistics)"
+    return "activation"
+
+
+def _input_scale(target: PruneTarget, weight: torch.Tensor, stats: dict[int, InputStats]) -> torch.Tensor:
+    """Per-entry input norms broadcastable to ``weight``: the activation criterion is ``|w| * scale``."""
     merged = merge_stats([stats.get(id(m)) for _, m, _ in target.holders])
     module = target.module
-    if merged is None or target.param_name != "weight" or not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return weight, "weight (no input statistics)"
     norms = merged.column_norms().to(weight.device)
     if isinstance(module, nn.Linear):
-        return weight * norms.unsqueeze(0), "activation"
+        return norms.unsqueeze(0)
     out = weight.shape[0]
     if norms.numel() == weight[0].numel():  # per (channel, kernel position) from the Gram diagonal
-        return (weight.reshape(out, -1) * norms.unsqueeze(0)).reshape(weight.shape), "activation"
+        return norms.reshape(1, *weight.shape[1:])
     groups = module.groups
     per_group = norms.reshape(groups, -1)  # [groups, in / groups]
     row_group = torch.arange(out, device=weight.device) // (out // groups)
     scale = per_group[row_group]  # [out, in / groups]
-    return weight * scale.reshape(*scale.shape, *([1] * (weight.dim() - 2))), "activation"
+    return scale.reshape(*scale.shape, *([1] * (weight.dim() - 2)))
 
 
 def _select(
-    found: list[PruneTarget], scores: dict[str, torch.Tensor], opts: MagnitudeOptions, fraction: float | None
+    found: list[PruneTarget], scores: _Scores, opts: MagnitudeOptions, fraction: float | None
 ) -> tuple[dict[str, torch.Tensor], list[tuple[str, str]], bool]:
-    """Keep-masks for every target (pattern x scope x sparsity/threshold)."""
+    """Keep-masks for every target (pattern x scope x sparsity/threshold); each score is read once
+    per layer (a few times with global ranking) and dropped."""
     lo, hi, one = opts.min_sparsity, opts.max_sparsity, not opts.allow_empty_layers
     keep: dict[str, torch.Tensor] = {}
     skipped: list[tuple[str, str]] = []
@@ -472,7 +527,12 @@ def _select(
 
     if opts.pattern == "structured":
         weights = [t for t in found if not t.is_bias]
-        rows = {t.name: select.row_scores(scores[t.name], opts.norm, normalise=opts.scope == "global") for t in weights}
+        rows, shapes = {}, {}
+        for t in weights:
+            score = scores[t.name]
+            rows[t.name] = select.row_scores(score, opts.norm, normalise=opts.scope == "global")
+            shapes[t.name] = score.shape
+            del score
         row_keep: dict[str, torch.Tensor] = {}
         if opts.threshold is not None:
             for t in weights:
@@ -484,7 +544,7 @@ def _select(
             for t in weights:
                 row_keep[t.name] = select.layer_lowest(rows[t.name], fraction, lo, hi, keep_one=one)
         for t in weights:
-            shape = scores[t.name].shape
+            shape = shapes[t.name]
             keep[t.name] = row_keep[t.name].reshape(-1, *([1] * (len(shape) - 1))).expand(shape).clone()
         by_module = {id(t.module): t for t in weights}
         for t in found:
@@ -501,9 +561,9 @@ def _select(
         for t in found:
             keep[t.name] = select.threshold_mask(scores[t.name], opts.threshold, lo, hi)
     elif opts.scope == "global":
-        masks, exact = select.global_lowest([scores[t.name] for t in found], fraction, lo, hi, keep_one=one)
+        masks, exact = select.global_lowest([scores.reader(t.name) for t in found], fraction, lo, hi, keep_one=one)
         for t, mk in zip(found, masks):
-            keep[t.name] = mk.reshape(scores[t.name].shape)
+            keep[t.name] = mk.reshape(t.effective().shape)
     elif opts.scope == "row":
         for t in found:
             keep[t.name] = select.row_lowest(scores[t.name], fraction, lo, hi, keep_one=one)

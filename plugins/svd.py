@@ -16,20 +16,21 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal
+from typing import Any, Callable, Iterable, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 import torchslim
-from torchslim.batches import call_model
+from torchslim.batches import call_model, float_tensors
 from torchslim.decompose import (
     GramCollector, RankCurve, Spectrum, allocate_ranks, applicable_kinds, compute_spectrum, factor_macs,
     factorize, layer_macs, macs_per_rank, rank_for_energy, rank_for_ratio, round_rank, weight_matrix,
 )
 from torchslim.errors import ModelError
 from torchslim.lowrank import MODULE_KINDS
+from torchslim.measure import _mha_fastpath_disabled as mha_fastpath_disabled
 from torchslim.measure import count_macs, eval_mode
 from torchslim.recipe import Targets
 from torchslim.targets import select_modules
@@ -46,8 +47,6 @@ class _Layer:
     name: str
     module: nn.Module
     kinds: list[str]
-    x: torch.Tensor
-    y: torch.Tensor
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     calls: int
@@ -63,10 +62,54 @@ class _Layer:
         return factor_macs(self.module, kind, rank, self.in_shape, self.out_shape) * self.calls
 
 
+class _Activations:
+    """Each targeted layer's real input and output, recomputed by a forward pass when needed.
+
+    Keeping every layer's activations from the first pass would cost as much memory as the model's
+    weights (a ResNet-50 on one 224x224 image: about 0.9x); instead :meth:`visit` runs the example
+    inputs again and hands each wanted layer its activations during the pass, one layer at a time.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any) -> None:
+        self.model = model
+        self.inputs = example_inputs if isinstance(example_inputs, (tuple, list, dict)) else (example_inputs,)
+
+    def visit(self, layers: list["_Layer"], use: Callable[["_Layer", torch.Tensor, torch.Tensor], None]) -> None:
+        """Call ``use(layer, x, y)`` with the input and output of each layer's first call, as captured.
+
+        The pass runs in eval mode without gradients and with the fused attention kernels off, as the
+        capturing pass did. A layer that does not run this time (data-dependent control flow) gets a
+        random input of its recorded shape.
+        """
+        wanted = {id(layer.module): layer for layer in layers}
+        done: set[str] = set()
+
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            layer = wanted.get(id(module))
+            if layer is not None and layer.name not in done:
+                done.add(layer.name)
+                use(layer, args[0].detach(), output.detach())
+
+        handles = [layer.module.register_forward_hook(hook) for layer in layers]
+        try:
+            with eval_mode(self.model), torch.no_grad(), mha_fastpath_disabled():
+                call_model(self.model, self.inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for layer in layers:
+            if layer.name not in done:
+                weight = layer.module.weight
+                x = torch.randn(layer.in_shape, dtype=weight.dtype, device=weight.device)
+                with eval_mode(layer.module), torch.no_grad():
+                    use(layer, x, layer.module(x))
+
+
 @dataclass
 class _Trials:
     """Factor modules built and timed so far, and the layers kept because their factors were slow."""
 
+    activations: _Activations
     built: dict[tuple[str, str, int], nn.Module] = field(default_factory=dict)
     timings: dict[tuple[str, str, int], tuple[float, float]] = field(default_factory=dict)
     slow: dict[str, str] = field(default_factory=dict)
@@ -197,7 +240,7 @@ class SVDDecomposition:
                                                        damping=opts.damping, **stats)
         spectrum_seconds = time.perf_counter() - spectrum_start
 
-        trial = _Trials()
+        trial = _Trials(_Activations(model, example_inputs))
         info: dict[str, Any] = {}
         needed = 0.0
         if opts.rank_rule == "mac_ratio":
@@ -270,25 +313,42 @@ class SVDDecomposition:
 
     def _apply(self, model: nn.Module, layers: list[_Layer], trial: "_Trials",
                opts: "SVDDecomposition.Options") -> tuple[list[dict[str, Any]], int]:
-        """Swap in the chosen factor modules; return the report rows and the MACs saved."""
-        report, replacements, saved = [], [], 0
+        """Swap in the chosen factor modules; return the report rows and the MACs saved.
+
+        Each layer's spectra are dropped once its factors are built (they are the step's largest
+        holding after the weights), and the report's output errors come from one more forward pass.
+        """
+        chosen: dict[str, nn.Module] = {}
+        for layer in layers:
+            if layer.name not in trial.slow and layer.rank is not None:
+                key = _key(layer)
+                chosen[layer.name] = trial.built.pop(key, None) or factorize(layer.module, layer.spectra[layer.kind],
+                                                                             layer.rank)
+            layer.spectra.clear()
+        trial.built.clear()
+        errors: dict[str, float] = {}
+
+        def error(layer: _Layer, x: torch.Tensor, y: torch.Tensor) -> None:
+            with eval_mode(chosen[layer.name]):
+                errors[layer.name] = float((chosen[layer.name](x) - y).norm() / y.norm().clamp_min(1e-12))
+
+        trial.activations.visit([layer for layer in layers if layer.name in chosen], error)
+        report, saved = [], 0
         for layer in layers:
             key = _key(layer)
             if layer.name in trial.slow:
-                report.append(self._row(layer, None, trial.timings.get(key), trial.slow[layer.name]))
+                report.append(self._row(layer, None, trial.timings.get(key), trial.slow[layer.name], 0.0))
                 continue
-            if layer.rank is None:
+            if layer.name not in chosen:
                 continue
-            module = trial.built.get(key) or factorize(layer.module, layer.spectra[layer.kind], layer.rank)
             timing = trial.timings.get(key)
             warning = ""
             if timing is not None and timing[1] > timing[0]:
                 warning = (f"slower: {timing[0] / timing[1]:.2f}x the original's speed "
                            f"(kept as min_speedup={opts.min_speedup})")
-            report.append(self._row(layer, module, timing, warning))
-            replacements.append((layer.name, module))
+            report.append(self._row(layer, chosen[layer.name], timing, warning, errors[layer.name]))
             saved += layer.macs - layer.factor_macs(layer.kind, layer.rank)
-        for name, module in replacements:
+        for name, module in chosen.items():
             _replace(model, name, module)
         return report, saved
 
@@ -317,9 +377,8 @@ class SVDDecomposition:
             def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
                 entry = seen.setdefault(name, {"calls": 0})
                 entry["calls"] += 1
-                if "x" not in entry:
-                    entry["x"] = args[0].detach()
-                    entry["y"] = output.detach()  # kept so the report's error needs no second original pass
+                if "in_shape" not in entry:  # shapes only: activations are recomputed when needed
+                    entry["in_shape"] = tuple(args[0].shape)
                     entry["out_shape"] = tuple(output.shape)
             return hook
 
@@ -336,11 +395,9 @@ class SVDDecomposition:
             if entry is None:
                 skipped.append((name, "did not run on the example inputs, so its MACs are unknown"))
                 continue
-            x = entry["x"]
-            macs = layer_macs(module, tuple(x.shape), entry["out_shape"]) * entry["calls"]
-            layers.append(_Layer(name, module, kinds, x, entry["y"], tuple(x.shape), entry["out_shape"],
-                                 entry["calls"], macs))
-        other = sum(layer_macs(module, tuple(seen[name]["x"].shape), seen[name]["out_shape"]) * seen[name]["calls"]
+            macs = layer_macs(module, entry["in_shape"], entry["out_shape"]) * entry["calls"]
+            layers.append(_Layer(name, module, kinds, entry["in_shape"], entry["out_shape"], entry["calls"], macs))
+        other = sum(layer_macs(module, seen[name]["in_shape"], seen[name]["out_shape"]) * seen[name]["calls"]
                     for name, module in unfactorizable.items() if name in seen)
         return layers, other, model_macs
 
@@ -402,7 +459,7 @@ class SVDDecomposition:
         inputs = example_inputs if isinstance(example_inputs, (tuple, list, dict)) else (example_inputs,)
         share = _share(layers, needed)
         with eval_mode(model), torch.no_grad():
-            reference = _float_outputs(call_model(model, inputs))
+            reference = float_tensors(call_model(model, inputs))
             scale = sum(float(t.pow(2).sum()) for t in reference) or 1.0
             weights = {}
             for layer in layers:
@@ -415,7 +472,7 @@ class SVDDecomposition:
                 probe = factorize(layer.module, spectrum, rank)
                 handle = layer.module.register_forward_hook(lambda module, args, output: probe(args[0]))
                 try:
-                    changed = _float_outputs(call_model(model, inputs))
+                    changed = float_tensors(call_model(model, inputs))
                 finally:
                     handle.remove()
                 error = sum(float((a - b).pow(2).sum()) for a, b in zip(changed, reference)) / scale
@@ -428,14 +485,19 @@ class SVDDecomposition:
         if not opts.measure_latency:
             return {}
         failed = {}
-        for layer in layers:
-            if layer.rank is None or layer.name in trial.slow:
-                continue
+        timed = [layer for layer in layers if layer.rank is not None and layer.name not in trial.slow]
+        for layer in timed:
             key = _key(layer)
             if key not in trial.built:
                 trial.built[key] = factorize(layer.module, layer.spectra[layer.kind], layer.rank)
-            if key not in trial.timings:
-                trial.timings[key] = _time_pair(layer.module, trial.built[key], layer.x, opts.latency_runs)
+
+        def time_layer(layer: _Layer, x: torch.Tensor, y: torch.Tensor) -> None:
+            key = _key(layer)
+            trial.timings[key] = _time_pair(layer.module, trial.built[key], x, opts.latency_runs)
+
+        trial.activations.visit([layer for layer in timed if _key(layer) not in trial.timings], time_layer)
+        for layer in timed:
+            key = _key(layer)
             before, after = trial.timings[key]
             cut = layer.macs / max(1, layer.factor_macs(layer.kind, layer.rank))
             if before < opts.min_speedup * after or before < opts.min_realized * cut * after:
@@ -446,12 +508,9 @@ class SVDDecomposition:
         return failed
 
     @staticmethod
-    def _row(layer: _Layer, module: nn.Module | None, timing: tuple[float, float] | None, warning: str) -> dict:
+    def _row(layer: _Layer, module: nn.Module | None, timing: tuple[float, float] | None, warning: str,
+             error: float) -> dict:
         before = _shape(layer.module.weight)
-        error = 0.0
-        if module is not None:
-            with eval_mode(module), torch.no_grad():
-                error = float((module(layer.x) - layer.y).norm() / layer.y.norm().clamp_min(1e-12))
         return {
             "layer": layer.name,
             "kind": layer.kind,
@@ -487,14 +546,6 @@ def _share(layers: list[_Layer], needed: float) -> float:
 def _rank_at_share(layer: _Layer, kind: str, share: float) -> int:
     full = layer.spectra[kind].full_rank
     return min(full, max(1, int(share * layer.macs / layer.cost_per_rank(kind))))
-
-
-def _float_outputs(output: Any) -> list[torch.Tensor]:
-    """The floating-point tensors of a model output (tensor, tuple, list or dict), flattened."""
-    if isinstance(output, torch.Tensor):
-        return [output.detach().float()] if output.is_floating_point() else []
-    values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
-    return [tensor for value in values for tensor in _float_outputs(value)]
 
 
 def _choose_kinds(kinds: list[str], wanted: str) -> list[str]:

@@ -60,12 +60,39 @@ def test_search_backs_off_and_says_so_when_constraints_fail(digits, tmp_path):
     assert "NOT met" in result.table()
 
 
-def test_greedy_allocation_prefers_cheap_losses():
+def test_allocation_prefers_cheap_losses():
     cheap = Knob(0, None, "s", "a", [0.5, 0.9], {0.5: {"loss": 0.0, "saving": 5.0}, 0.9: {"loss": 0.01, "saving": 9.0}})
     dear = Knob(0, None, "s", "b", [0.5, 0.9], {0.5: {"loss": 0.3, "saving": 5.0}, 0.9: {"loss": 0.6, "saving": 9.0}})
     cheap.template = dear.template = type("T", (), {"method": "m"})()
     assert Searcher.allocate([cheap, dear], needed=9.0) == {"0:m:a": 0.9}
     assert Searcher.allocate([cheap, dear], needed=12.0) == {"0:m:a": 0.9, "0:m:b": 0.5}
+
+
+def _knob(layer: str, points: dict[float, tuple[float, float]]) -> Knob:
+    knob = Knob(0, type("T", (), {"method": "m"})(), "s", layer, sorted(points),
+                {s: {"loss": loss, "saving": saving} for s, (loss, saving) in points.items()})
+    return knob
+
+
+def test_allocation_is_an_exact_knapsack_not_a_greedy_overshoot():
+    # Greedy by loss per saving takes b first (0.05 for 9), then needs a too: loss 0.15, saving 19.
+    # The least loss that saves 10 is a alone.
+    knobs = [_knob("a", {0.9: (0.1, 10.0)}), _knob("b", {0.9: (0.05, 9.0)}), _knob("c", {0.9: (0.2, 2.0)})]
+    assert Searcher.allocate(knobs, needed=10.0) == {"0:m:a": 0.9}
+
+
+def test_allocation_breaks_metric_ties_by_output_distortion_then_by_less_overshoot():
+    knobs = [_knob("a", {0.5: (0.0, 6.0), 0.9: (0.0, 12.0)}), _knob("b", {0.5: (0.0, 6.0)})]
+    knobs[0].points[0.9]["distortion"] = 0.5
+    knobs[1].points[0.5]["distortion"] = 0.1
+    knobs[0].points[0.5]["distortion"] = 0.1
+    assert Searcher.allocate(knobs, needed=10.0) == {"0:m:a": 0.5, "0:m:b": 0.5}
+    assert Searcher.allocate(knobs, needed=6.0) in ({"0:m:a": 0.5}, {"0:m:b": 0.5})
+
+
+def test_allocation_out_of_reach_takes_the_strongest_setting_everywhere():
+    knobs = [_knob("a", {0.5: (0.0, 1.0), 0.9: (0.3, 2.0)}), _knob("b", {0.5: (0.1, 1.0)})]
+    assert Searcher.allocate(knobs, needed=100.0) == {"0:m:a": 0.9, "0:m:b": 0.5}
 
 
 def test_strength_knob_and_default_grid_come_from_the_options_model():

@@ -16,7 +16,8 @@ only the loss of a training step.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+import os
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +25,8 @@ from pydantic import ConfigDict, Field, model_validator
 from torch import nn
 
 import torchslim
-from torchslim.batches import first_tensor, split_batch, to_device
-from torchslim.datacheck import check_classification_batch, logits_of
+from torchslim.batches import first_tensor
+from torchslim.datacheck import logits_of
 from torchslim.plugins.finetune import SGDFinetune
 
 
@@ -57,7 +58,7 @@ class DistillOptions(SGDFinetune.Options):
     task_weight: float = Field(
         1.0, ge=0, le=100, description="weight of the task loss on the labels (loss_fn, or cross-entropy); "
                                        "0 ignores the labels (unlabelled train_data is then fine)")
-    features: list[str] = Field(
+    features: list[str] | Literal["auto"] = Field(
         default_factory=list,
         description="names of modules (as in model.named_modules()) whose outputs the student matches to "
                     "the teacher's by mean squared error; their output shapes must agree")
@@ -121,7 +122,7 @@ class Distillation(SGDFinetune):
                                        f"the original model to the step as context.original_model")
         run = _Run()
         try:
-            for name in opts.features:
+            for name in _feature_names(model, teacher, opts.features):
                 run.capture(_module(model, name, "compressed", where), name, run.student)
                 run.capture(_module(teacher, name, "original (teacher)", where), name, run.teacher)
             self._run = run
@@ -137,17 +138,15 @@ class Distillation(SGDFinetune):
         }
         return result
 
-    def _train_step(self, model: nn.Module, batch: Any, context: Any, opts: DistillOptions,
-                    optimizer: torch.optim.Optimizer, params: list[nn.Parameter], where: str,
-                    weight: float = 1.0) -> float:
+    def compute_loss(self, model: nn.Module, inputs: Any, target: Any, context: Any, opts: DistillOptions,
+                     where: str) -> torch.Tensor:
         run = self._run
-        assert run is not None, "_train_step runs inside finetune()"
-        inputs, target = split_batch(batch)
+        assert run is not None, "compute_loss runs inside finetune()"
         run.student.clear()
         run.teacher.clear()
-        output = context.forward(model, inputs)
+        output = context.forward(model, inputs, where)
         with torch.no_grad():
-            teacher_output = context.forward(context.original_model, inputs)
+            teacher_output = context.forward(context.original_model, inputs, where)
         student_logits = logits_of(output, where)
         teacher_logits = logits_of(teacher_output, where)
         if student_logits.shape != teacher_logits.shape:
@@ -158,47 +157,59 @@ class Distillation(SGDFinetune):
         if opts.kd_weight:
             terms["kd"] = opts.kd_weight * kd_loss(student_logits, teacher_logits.detach(), opts.temperature)
         if opts.task_weight:
-            terms["task"] = opts.task_weight * self._task_loss(output, student_logits, target, context, opts, where)
+            terms["task"] = opts.task_weight * self.task_loss(output, target, context, opts, where)
         if opts.features and opts.feature_weight:
-            terms["features"] = opts.feature_weight * self._feature_loss(run, opts.features, where)
-        loss = sum(terms.values())
-        value = float(loss.detach())
-        if not torch.isfinite(loss.detach()):
-            raise torchslim.ModelError(
-                f"{where}: the loss became {value} (lr={optimizer.param_groups[0]['lr']:.3g}); lower lr or set "
-                f"grad_clip")
-        optimizer.zero_grad(set_to_none=True)
-        (loss * weight if weight != 1.0 else loss).backward()
-        if opts.grad_clip is not None:
-            nn.utils.clip_grad_norm_(params, opts.grad_clip)
-        optimizer.step()
+            terms["features"] = opts.feature_weight * self._feature_loss(run, opts.features, where, student_logits)
         run.terms.append({key: float(term.detach()) for key, term in terms.items()})
-        return value
+        return sum(terms.values())
 
     @staticmethod
-    def _task_loss(output: Any, logits: torch.Tensor, target: Any, context: Any, opts: DistillOptions,
-                   where: str) -> torch.Tensor:
-        if context.loss_fn is not None:
-            return context.loss(output, to_device(target, context.device))
-        check_classification_batch(logits, target, where, allow_soft=True)
-        target = to_device(target, logits.device)
-        if not target.is_floating_point():
-            target = target.long()
-        return F.cross_entropy(logits, target, label_smoothing=opts.label_smoothing)
-
-    @staticmethod
-    def _feature_loss(run: _Run, names: list[str], where: str) -> torch.Tensor:
-        total = None
-        for name in names:
+    def _feature_loss(run: _Run, names: Any, where: str, logits: torch.Tensor) -> torch.Tensor:
+        total, count = None, 0
+        auto = names == "auto"
+        for name in (list(run.student) if auto else names):
             student, teacher = run.student.get(name), run.teacher.get(name)
-            if student is None or teacher is None:
-                raise torchslim.ModelError(f"{where}: module {name!r} did not run (or returned no tensor) in the "
-                                           f"forward pass; choose modules the forward pass calls")
-            if student.shape != teacher.shape:
-                raise torchslim.ModelError(
-                    f"{where}: feature {name!r} has shape {tuple(student.shape)} in the compressed model but "
-                    f"{tuple(teacher.shape)} in the teacher; MSE needs equal shapes (a method that removes "
-                    f"channels changes them): pick another module or drop it from features")
-            term = F.mse_loss(student.float(), teacher.detach().float())
+            if auto:
+                if student is None or teacher is None or student.shape != teacher.shape or student.data_ptr() == logits.data_ptr():
+                    continue
+            else:
+                if student is None or teacher is None:
+                    raise torchslim.ModelError(f"{where}: module {name!r} did not run (or returned no tensor) in the "
+                                               f"forward pass; choose modules the forward pass calls")
+                if student.shape != teacher.shape:
+                    raise torchslim.ModelError(
+                        f"{where}: feature {name!r} has shape {tuple(student.shape)} in the compressed model but "
+                        f"{tuple(teacher.shape)} in the teacher; MSE needs equal shapes (a method that removes "
+                        f"channels changes them): pick another module or drop it from features")
+            teacher = teacher.detach().float()
+            term = F.mse_loss(student.float(), teacher)
+            if os.environ.get("DISTILL_NORM", "1") == "1":
+                term = term / (teacher.pow(2).mean() + 1e-8)
             total = term if total is None else total + term
-        return total
+            count += 1
+        if total is None:
+            return logits.new_zeros(())
+        return total / count if os.environ.get("DISTILL_MEAN", "1") == "1" else total
+
+
+def _is_leaf(module: nn.Module) -> bool:
+    return all(name == "parametrizations" for name, _ in module.named_children())
+
+
+def _feature_names(model: nn.Module, teacher: nn.Module, features: Any) -> list[str]:
+    if features != "auto":
+        return list(features)
+    kind = os.environ.get("DISTILL_AUTO", "all")
+    teacher_names = {n for n, _ in teacher.named_modules()}
+    out = []
+    for name, module in model.named_modules():
+        if not name or ".parametrizations" in name or name not in teacher_names or not _is_leaf(module):
+            continue
+        if kind == "bn" and not isinstance(module, (nn.modules.batchnorm._NormBase, nn.Linear)):
+            continue
+        if kind == "param" and not any(True for _ in module.parameters()):
+            continue
+        if kind == "conv" and not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        out.append(name)
+    return out
