@@ -43,7 +43,7 @@ from .lowrank import ChannelLowRankConv, LowRankLinear, SpatialLowRankConv2d
 __all__ = [
     "KINDS", "GramCollector", "RankCurve", "Spectrum", "allocate_ranks", "applicable_kinds", "compute_spectrum",
     "factor_macs", "factor_weights", "factorize", "layer_macs", "macs_per_rank", "needed_gram", "rank_for_energy",
-    "rank_for_ratio", "round_rank", "weight_matrix",
+    "rank_for_ratio", "read_by_parent", "round_rank", "weight_matrix",
 ]
 
 #: Every factorization kind.
@@ -67,6 +67,31 @@ def applicable_kinds(layer: nn.Module) -> tuple[list[str], str | None]:
             kinds.append("spatial")
         return kinds, None
     return [], f"{type(layer).__name__} is not supported (Linear, Conv1d and Conv2d are)"
+
+
+#: Containers whose forward reads a child layer's ``.weight`` itself instead of calling the child, so the
+#: child cannot be swapped for factor modules: parent class -> (child names, how the parent reads them).
+WEIGHT_READERS: dict[type[nn.Module], tuple[tuple[str, ...], str]] = {
+    nn.TransformerEncoderLayer: (("linear1", "linear2"), "its fused inference fast path"),
+    nn.TransformerDecoderLayer: (("linear1", "linear2"), "its fused inference fast path"),
+    nn.MultiheadAttention: (("out_proj",), "F.multi_head_attention_forward"),
+}
+
+
+def read_by_parent(model: nn.Module, name: str) -> str | None:
+    """Why the layer ``name`` of ``model`` cannot be replaced because its parent reads its weight, or None.
+
+    ``nn.TransformerEncoderLayer``/``DecoderLayer`` hand ``linear1.weight`` and ``linear2.weight`` to a
+    fused kernel, and ``nn.MultiheadAttention`` hands ``out_proj.weight`` to
+    ``F.multi_head_attention_forward``: a factorized replacement has no single ``weight`` to give.
+    """
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    for cls, (children, how) in WEIGHT_READERS.items():
+        if isinstance(parent, cls) and child in children:
+            return (f"its parent {type(parent).__name__} reads {child}.weight directly ({how}); factor "
+                    f"modules have no single weight, so the layer is left as is")
+    return None
 
 
 def weight_matrix(layer: nn.Module, kind: str) -> torch.Tensor:

@@ -53,6 +53,7 @@ from .manifest import (
     Manifest,
     MaskRecord,
     ModuleRecord,
+    ParameterRecord,
     TensorEntry,
     file_sha256,
     jsonable,
@@ -105,6 +106,12 @@ def _group_norm(m: nn.Module) -> dict[str, Any]:
     return {"num_groups": m.num_groups, "num_channels": m.num_channels, "eps": m.eps, "affine": m.affine}
 
 
+def _multihead_attention(m: nn.Module) -> dict[str, Any]:
+    return {"embed_dim": m.embed_dim, "num_heads": m.num_heads, "dropout": m.dropout,
+            "bias": m.in_proj_bias is not None, "add_bias_kv": m.bias_k is not None,
+            "add_zero_attn": m.add_zero_attn, "kdim": m.kdim, "vdim": m.vdim, "batch_first": m.batch_first}
+
+
 def _embedding(m: nn.Module) -> dict[str, Any]:
     return {"num_embeddings": m.num_embeddings, "embedding_dim": m.embedding_dim, "padding_idx": m.padding_idx,
             "max_norm": m.max_norm, "norm_type": m.norm_type, "scale_grad_by_freq": m.scale_grad_by_freq,
@@ -119,6 +126,7 @@ STANDARD_LAYERS: dict[type[nn.Module], Callable[[nn.Module], dict[str, Any]]] = 
     nn.BatchNorm1d: _batch_norm, nn.BatchNorm2d: _batch_norm, nn.BatchNorm3d: _batch_norm,
     nn.InstanceNorm1d: _batch_norm, nn.InstanceNorm2d: _batch_norm, nn.InstanceNorm3d: _batch_norm,
     nn.LayerNorm: _layer_norm, nn.GroupNorm: _group_norm, nn.Embedding: _embedding,
+    nn.MultiheadAttention: _multihead_attention,
 }
 _LAYER_BY_NAME = {module_kind_name(cls): cls for cls in STANDARD_LAYERS}
 
@@ -196,6 +204,44 @@ def _record_structure(model: nn.Module) -> tuple[list[ModuleRecord], list[LayerR
             layers.append(LayerRecord(path=path, layer=module_kind_name(cls),
                                       args={} if same_as else layer_args(module), same_as=same_as))
     return modules, layers
+
+
+#: torch's own modules that hold whatever parameters they are given (no constructor argument fixes them).
+_CONTAINERS = (nn.Module, nn.Sequential, nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
+
+
+def _is_user_module(module: nn.Module) -> bool:
+    """True for modules whose parameters follow no constructor argument: user classes and torch's containers."""
+    cls = parametrize.type_before_parametrizations(module)
+    return cls in _CONTAINERS or not (cls.__module__ == "torch" or cls.__module__.startswith("torch."))
+
+
+def _record_parameters(model: nn.Module) -> list[ParameterRecord]:
+    """Every plain parameter held directly by a user module or a torch container (not by a layer or kind).
+
+    torch's own layers derive their parameters' shapes from constructor arguments (recorded for the
+    standard layers); a parameter a user module creates itself (learned positions, a raw weight for
+    ``F.linear``) has only its shape to go by, and channel pruning may change it.
+    """
+    records: list[ParameterRecord] = []
+    kind_paths: list[str] = []
+    first: dict[int, str] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        if _inside(path, kind_paths) or ".parametrizations." in f".{path}.":  # masks are recorded apart
+            continue
+        if _is_kind(module):
+            kind_paths.append(path)
+            continue
+        if not _is_user_module(module):
+            continue
+        for name, param in module._parameters.items():  # parametrized tensors live in their container
+            if param is None:
+                continue
+            where = f"{path}.{name}" if path else name
+            owner = first.setdefault(id(param), where)
+            records.append(ParameterRecord(module=path, name=name, shape=list(param.shape),
+                                           same_as=None if owner == where else owner))
+    return records
 
 
 @dataclass
@@ -360,6 +406,7 @@ def _write_into(directory: Path, model: nn.Module, recipe: Any, metrics: Any, *,
 
     encoded, mask_records = _encode_state(model)
     modules, layers = _record_structure(model)
+    parameters = _record_parameters(model)
     entries, stored = _stored_tensors(encoded)
     weights = directory / WEIGHTS_FILE
     # one metadata key: safetensors writes several in random order, and saves should be reproducible
@@ -372,7 +419,7 @@ def _write_into(directory: Path, model: nn.Module, recipe: Any, metrics: Any, *,
         model_class=module_kind_name(parametrize.type_before_parametrizations(model)),
         recipe=None if recipe is None else jsonable(recipe, "recipe"),
         metrics=None if metrics is None else jsonable(metrics, "metrics"),
-        modules=modules, layers=layers, masks=mask_records, tensors=entries,
+        modules=modules, layers=layers, parameters=parameters, masks=mask_records, tensors=entries,
         files={WEIGHTS_FILE: FileEntry(bytes=weights.stat().st_size, sha256=file_sha256(weights))},
     )
     path = directory / MANIFEST_FILE
@@ -612,7 +659,33 @@ def _replay(model: nn.Module, manifest: Manifest, kinds: dict[str, type]) -> nn.
         new = new.to(_device_of(old, model))
         new.train(old.training)
         _put(model, rec.path, new)
+    _resize_parameters(model, manifest)
     return model
+
+
+def _resize_parameters(model: nn.Module, manifest: Manifest) -> None:
+    """Give each recorded plain parameter of the base model its saved shape (values come with the weights)."""
+    made: dict[str, nn.Parameter] = {}
+    for rec in manifest.parameters:
+        where = f"{rec.module}.{rec.name}" if rec.module else rec.name
+        module = _get(model, rec.module)
+        old = None if module is None else module._parameters.get(rec.name)
+        if old is None:
+            raise SaveLoadError(f"the saved model has a parameter {where!r}, which the base model does not have; "
+                                f"build base_model as the model was built before compression")
+        if rec.same_as is not None:
+            new = made.get(rec.same_as)
+            if new is None:
+                raise SaveLoadError(f"manifest.json: parameter {where!r} is the same as {rec.same_as!r}, "
+                                    f"which comes later or not at all")
+        elif list(old.shape) == rec.shape:
+            new = old
+        else:
+            new = nn.Parameter(torch.empty(rec.shape, dtype=old.dtype, device=old.device),
+                               requires_grad=old.requires_grad)
+        made[where] = new
+        if new is not old:
+            setattr(module, rec.name, new)
 
 
 def _register_masks(model: nn.Module, manifest: Manifest) -> None:

@@ -20,7 +20,7 @@ from .errors import SaveLoadError
 
 FORMAT = "torchslim"
 #: The newest format this torchslim writes and reads; an older reader refuses a newer file.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: plain-parameter shapes (``parameters``); version 1 files still load
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -57,6 +57,19 @@ class LayerRecord(_Strict):
     same_as: str | None = Field(default=None, description="path of the same module object held twice")
 
 
+class ParameterRecord(_Strict):
+    """A plain ``nn.Parameter`` a user module holds itself (``self.pos = nn.Parameter(...)``), with its shape.
+
+    Channel pruning may resize such a parameter along with the layers it meets; no constructor
+    argument says so, hence the shape. ``load`` gives the base model's parameter this shape.
+    """
+
+    module: str = Field(description="qualified name of the module holding the parameter ('' is the root)")
+    name: str = Field(description="the parameter's attribute name")
+    shape: list[int] = Field(description="its shape in the saved model")
+    same_as: str | None = Field(default=None, description="'module.name' of the same Parameter held twice")
+
+
 class MaskRecord(_Strict):
     """A tensor masked by a :class:`torchslim.masks.Mask` parametrization, re-registered on load."""
 
@@ -85,6 +98,8 @@ class Manifest(_Strict):
     metrics: dict[str, Any] | None = Field(default=None, description="metrics of the run (non-finite -> null)")
     modules: list[ModuleRecord] = Field(default_factory=list, description="registered-kind modules")
     layers: list[LayerRecord] = Field(default_factory=list, description="standard layers and their arguments")
+    parameters: list[ParameterRecord] = Field(default_factory=list,
+                                              description="plain parameters of user modules and their shapes")
     masks: list[MaskRecord] = Field(default_factory=list, description="masks to re-register")
     tensors: dict[str, TensorEntry] = Field(default_factory=dict, description="state-dict key -> stored form")
     files: dict[str, FileEntry] = Field(default_factory=dict, description="other files of the directory")
@@ -134,7 +149,7 @@ def jsonable(value: Any, where: str) -> Any:
 def render(manifest: Manifest) -> str:
     """The manifest as JSON text with its checksum filled in: one line per record, easy to diff."""
     data = manifest.model_dump(mode="json")
-    for key in ("modules", "layers", "masks"):  # unset optional references are left out
+    for key in ("modules", "layers", "parameters", "masks"):  # unset optional references are left out
         data[key] = [{k: v for k, v in record.items() if v is not None or k == "spec"} for record in data[key]]
     data["checksum"] = checksum_of(data)
     lines = []

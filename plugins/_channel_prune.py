@@ -207,6 +207,28 @@ def accumulate_gradients(model: nn.Module, context: Any, batches: int, where: st
             param.requires_grad_(False)
 
 
+def tied_holders(model: nn.Module) -> dict[int, str]:
+    """``id`` of every module holding a tied weight (one Parameter in several modules) -> the tie, in words.
+
+    Torch-Pruning prunes each holder's copy on its own and gives each a new Parameter, which silently
+    unties them; groups touching such a module are left alone instead.
+    """
+    holders: dict[int, list[tuple[str, nn.Module, str]]] = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for param_name, param in module._parameters.items():
+            if param is not None:
+                bucket = holders.setdefault(id(param), [])
+                if all(m is not module for _, m, _ in bucket):
+                    bucket.append((module_name, module, param_name))
+    tied: dict[int, str] = {}
+    for bucket in holders.values():
+        if len(bucket) > 1:
+            words = "the tied weight " + " = ".join(f"{n}.{p}" if n else p for n, _, p in bucket)
+            for _, module, _ in bucket:
+                tied.setdefault(id(module), words)
+    return tied
+
+
 def _cap(pruner: Any, group: Any, cap: float, round_to: int | None) -> Any:
     """Trim a group so that at most ``cap`` of its channels go (global ranking can empty a layer)."""
     graph = pruner.DG
@@ -298,11 +320,19 @@ def prune_model(model: nn.Module, inputs: tuple, ratio: float, opts: Any, target
         pruner.ignored_layers.extend(module.modules())
         reasons.setdefault(names[id(module)], reason)
 
+    tied = tied_holders(model)
     for step in range(opts.iterative_steps):
         if opts.importance == "taylor":
             accumulate_gradients(model, context, opts.calibration_batches, where)
         try:
             for group in pruner.step(interactive=True):
+                tie = next((tied[id(item.dep.target.module)] for item in group
+                            if id(item.dep.target.module) in tied), None)
+                if tie is not None:  # Torch-Pruning would give each holder its own copy: keep the channels
+                    root = names.get(id(group[0].dep.target.module), type(group[0].dep.target.module).__name__)
+                    reasons.setdefault(root, f"its channels are coupled to {tie}; pruning them would untie the "
+                                             f"weight, so they are kept")
+                    continue
                 _cap(pruner, group, opts.max_layer_ratio, opts.round_to).prune()
                 outcome.groups += 1
         except TorchslimError:

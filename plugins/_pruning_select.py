@@ -1,7 +1,9 @@
 """Turn importance scores into keep-masks: exact counts, per group, per layer, global, N:M, by rows.
 
-All functions work on whole tensors (``kthvalue``/``topk`` plus a cumulative sum to break ties), so the
-cost is a few linear passes over the scores however many layers there are. ``True`` means *keep*.
+Per-tensor functions work on whole tensors (``kthvalue``/``topk`` plus a cumulative sum to break ties).
+Global ranking (:func:`global_lowest`) finds the exact cut over all tensors by counting, a piece at a
+time, so it never builds a tensor the size of all the scores together; its scores may be computed on
+demand. Either way the cost is a few linear passes over the scores. ``True`` means *keep*.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def _count_bounds(sizes: Sequence[int], lo: float, hi: float,
 Scores = torch.Tensor | Callable[[], Iterable[torch.Tensor]]
 
 #: Elements per piece when a pass walks through scores: bounds the temporaries of counting.
-CHUNK = 1 << 20
+CHUNK = 1 << 18
 
 
 def global_lowest(scores: Sequence[Scores], fraction: float, lo: float = 0.0,
@@ -140,8 +142,8 @@ def global_lowest(scores: Sequence[Scores], fraction: float, lo: float = 0.0,
             fixed.update({i: low[i] for i, _ in under})
         free = [i for i in free if i not in fixed]
     # all masks are allocated together, before the scores are read again: transients leave no holes
-    masks: list[torch.Tensor] = [torch.empty(size, dtype=torch.bool, device=device)
-                                 for size, device in zip(sizes, devices)]
+    masks: list[torch.Tensor | None] = [torch.empty(size, dtype=torch.bool, device=device) if i in free else None
+                                        for i, (size, device) in enumerate(zip(sizes, devices))]
     for position, i in enumerate(free):
         cut.fill(masks[i], read[i], position)
     for i, count in fixed.items():

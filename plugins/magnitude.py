@@ -206,7 +206,7 @@ def prune(
             "(include/exclude globs, types)"
         )
     check_finite(found)
-    before = {t.name: _zeros(t.effective()) for t in found}
+    before = {t.name: _effective_zeros(t)[0] for t in found}
     total_before = sum(before.values()) / max(1, sum(t.stored.numel() for t in found))
     if opts.threshold is not None or opts.n_of_m is not None:
         schedule: list[float | None] = [None]
@@ -228,17 +228,17 @@ def prune(
                 skipped += round_skipped
     report, zeros, total = [], 0, 0
     for target in found:
-        after = target.effective()
-        n_zero = _zeros(after)
-        zeros, total = zeros + n_zero, total + after.numel()
+        n_zero, shape = _effective_zeros(target)
+        numel = shape.numel()
+        zeros, total = zeros + n_zero, total + numel
         note = notes.get(target.name, {})
         report.append({
             "layer": target.module_name,
             "tensor": target.param_name,
-            "shape": list(after.shape),
-            "sparsity_before": round(before.get(target.name, 0) / max(1, after.numel()), 6),
-            "sparsity_after": round(n_zero / max(1, after.numel()), 6),
-            "kept": after.numel() - n_zero,
+            "shape": list(shape),
+            "sparsity_before": round(before.get(target.name, 0) / max(1, numel), 6),
+            "sparsity_after": round(n_zero / max(1, numel), 6),
+            "kept": numel - n_zero,
             "criterion": note.get("criterion", opts.criterion if opts.sparsity > 0 else "-"),
             "reconstructed": note.get("reconstructed", False),
         })
@@ -282,6 +282,22 @@ def _finetune(model: nn.Module, between: dict[str, Any], context: RunContext) ->
 
 def _zeros(tensor: torch.Tensor) -> int:
     return tensor.numel() - int(torch.count_nonzero(tensor))
+
+
+def _effective_zeros(target: PruneTarget) -> tuple[int, torch.Size]:
+    """Zeros and shape of ``target`` as its module sees it, without a full-size product for a masked tensor.
+
+    With a single :class:`Mask` on the tensor, ``stored * mask`` is counted a block of rows at a time
+    (the same products the parametrization computes); anything else is read through the module.
+    """
+    mask = get_mask(target.module, target.param_name)
+    if mask is None or mask.dim() == 0 or len(target.module.parametrizations[target.param_name]) != 1:
+        effective = target.effective()  # a plain parameter is read as is, without a copy
+        return _zeros(effective), effective.shape
+    stored = target.stored.detach()
+    step = max(1, select.CHUNK // max(1, stored[0].numel()))
+    kept = sum(int(torch.count_nonzero(stored[i:i + step] * mask[i:i + step])) for i in range(0, stored.shape[0], step))
+    return stored.numel() - kept, stored.shape
 
 
 # ---------------------------------------------------------------------------------- one round
@@ -410,13 +426,28 @@ class _Scores(Mapping[str, torch.Tensor]):
         self.criteria = {t.name: _criterion(t, opts, stats) for t in found}
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        target = self._targets[name]
-        weight = target.effective().float().abs()
+        weight = self._targets[name].effective()
+        return self._score(name, weight, weight)
+
+    def _score(self, name: str, weight: torch.Tensor, rows: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Scores of ``rows`` (``weight[start:start + len(rows)]``)."""
+        score = rows.float().abs()
         if self.criteria[name] != "activation":
-            return weight
+            return score
         if name not in self._scales:
-            self._scales[name] = _input_scale(target, weight, self._stats)
-        return weight * self._scales[name]
+            self._scales[name] = _input_scale(self._targets[name], weight, self._stats)
+        scale = self._scales[name]
+        return score * (scale if scale.shape[0] == 1 else scale[start:start + rows.shape[0]])
+
+    def pieces(self, name: str) -> Iterator[torch.Tensor]:
+        """The scores of ``name`` flat and in order, a block of output rows (about ``select.CHUNK``) at a time."""
+        weight = self._targets[name].effective()
+        if weight.dim() == 0:
+            yield self[name].reshape(-1)
+            return
+        step = max(1, select.CHUNK // max(1, weight[0].numel()))
+        for start in range(0, weight.shape[0], step):
+            yield self._score(name, weight, weight[start:start + step], start).reshape(-1)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._targets)
@@ -424,9 +455,9 @@ class _Scores(Mapping[str, torch.Tensor]):
     def __len__(self) -> int:
         return len(self._targets)
 
-    def reader(self, name: str) -> Callable[[], torch.Tensor]:
-        """A zero-argument function computing the scores of ``name`` afresh on each call."""
-        return lambda: self[name]
+    def reader(self, name: str) -> Callable[[], Iterator[torch.Tensor]]:
+        """A zero-argument function yielding the scores of ``name`` afresh, piece by piece, on each call."""
+        return lambda: self.pieces(name)
 
 
 class _Undo:

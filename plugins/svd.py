@@ -26,7 +26,7 @@ import torchslim
 from torchslim.batches import call_model, float_tensors
 from torchslim.decompose import (
     GramCollector, RankCurve, Spectrum, allocate_ranks, applicable_kinds, compute_spectrum, factor_macs,
-    factorize, layer_macs, macs_per_rank, rank_for_energy, rank_for_ratio, round_rank, weight_matrix,
+    factorize, layer_macs, macs_per_rank, rank_for_energy, rank_for_ratio, read_by_parent, round_rank, weight_matrix,
 )
 from torchslim.errors import ModelError
 from torchslim.lowrank import MODULE_KINDS
@@ -182,10 +182,10 @@ class SVDDecomposition:
             1.0, ge=0, le=100,
             description="with measure_latency, keep factors only at this layer speedup or more (0 keeps all)")
         min_realized: float = Field(
-            0.3, ge=0, le=1,
+            0.0, ge=0, le=1,
             description="with measure_latency, keep factors only when the layer's measured speedup is at least "
-                        "this fraction of its MAC cut (0 keeps all); with mac_ratio such a layer is cut less "
-                        "and the budget moves to layers where fewer MACs really mean less time")
+                        "this fraction of its MAC cut (0: only min_speedup applies); with mac_ratio such a layer "
+                        "is cut less and the budget moves to layers where fewer MACs really mean less time")
         latency_runs: int = Field(
             10, ge=1, le=1000,
             description="timed runs per layer and version, interleaved; the best run counts (least disturbed)")
@@ -365,6 +365,7 @@ class SVDDecomposition:
         unfactorizable: dict[str, nn.Module] = {}
         for name, module in selected:
             kinds, reason = applicable_kinds(module)
+            reason = read_by_parent(model, name) or reason
             if reason:
                 skipped.append((name, reason))
                 if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):

@@ -435,16 +435,20 @@ def test_saved_pruned_model_loads_on_a_fresh_base_model(engine, tmp_path, build,
         assert torch.equal(loaded(x), result.model.eval()(x))
 
 
-@pytest.mark.xfail(strict=True, raises=torchslim.SaveLoadError,
-                   reason="torchslim.io does not record nn.MultiheadAttention's constructor arguments yet")
 def test_saved_pruned_attention_loads_on_a_fresh_base_model(engine, tmp_path):
     torch.manual_seed(0)
     x = torch.randn(2, 7, 16)
     result = run(engine, Encoder(), channel(ratio=0.5, protect_first=False), example_inputs=(x,))
+    attention = result.model.enc.self_attn
+    assert attention.embed_dim < 32  # the attention itself was pruned, not only the layers around it
     torchslim.save(result, tmp_path)
     loaded = torchslim.load(tmp_path, base_model=Encoder()).eval()
+    rebuilt = loaded.enc.self_attn
+    assert (rebuilt.embed_dim, rebuilt.num_heads, rebuilt.head_dim) == (
+        attention.embed_dim, attention.num_heads, attention.head_dim)
+    assert rebuilt.in_proj_weight.shape == attention.in_proj_weight.shape
     with torch.no_grad():
-        assert torch.allclose(loaded(x), result.model.eval()(x))
+        assert torch.equal(loaded(x), result.model.eval()(x))
 
 
 # ------------------------------------------------------------------------------------------ bench

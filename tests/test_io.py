@@ -295,6 +295,59 @@ def test_low_rank_and_channel_pruned_layers_are_rebuilt_on_a_fresh_base(tmp_path
     assert_state_bit_identical(model, loaded)
 
 
+class Positions(nn.Module):
+    """Learned positions as plain Parameters (one of them held twice), an attention layer and a head."""
+
+    def __init__(self, dim: int = 32) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(1, 6, dim))
+        self.gate = nn.Parameter(torch.randn(dim))
+        self.inner = nn.Module()
+        self.inner.gate = self.gate  # the same Parameter under a second name
+        self.attn = nn.MultiheadAttention(dim, 4, batch_first=True)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[..., : self.pos.shape[-1]] + self.pos
+        x, _ = self.attn(x * self.inner.gate, x, x, need_weights=False)
+        return self.head(x.mean(1))
+
+
+def test_resized_plain_parameters_and_attention_are_rebuilt_on_a_fresh_base(tmp_path):
+    torch.manual_seed(0)
+    model = Positions()
+    # what channel pruning does to it: the width goes 32 -> 20 everywhere, plain Parameters included
+    model.pos = nn.Parameter(torch.randn(1, 6, 20))
+    model.gate = model.inner.gate = nn.Parameter(torch.randn(20))
+    model.attn = nn.MultiheadAttention(20, 4, batch_first=True)
+    model.head = nn.Linear(20, 3)
+    model.eval()
+    x = torch.randn(2, 6, 32)
+    torchslim.save(model, tmp_path / "narrow")
+    manifest = json.loads((tmp_path / "narrow" / "manifest.json").read_text())
+    assert {"module": "", "name": "pos", "shape": [1, 6, 20]} in manifest["parameters"]
+    assert {"module": "inner", "name": "gate", "shape": [20], "same_as": "gate"} in manifest["parameters"]
+    layers = {rec["path"]: rec for rec in manifest["layers"]}
+    assert layers["attn"]["args"]["embed_dim"] == 20 and layers["attn"]["args"]["num_heads"] == 4
+    base = Positions().eval()
+    check = untouched(base)
+    loaded = torchslim.load(tmp_path / "narrow", base).eval()
+    check()
+    assert loaded.pos.shape == (1, 6, 20) and loaded.inner.gate is loaded.gate
+    assert (loaded.attn.embed_dim, loaded.attn.head_dim) == (20, 5)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert_state_bit_identical(model, loaded)
+
+
+def test_a_plain_parameter_the_base_model_lacks_is_named(tmp_path):
+    model = Positions()
+    model.extra = nn.Parameter(torch.zeros(3))
+    torchslim.save(model, tmp_path / "more")
+    with pytest.raises(torchslim.SaveLoadError, match="parameter 'extra'.*base model does not have"):
+        torchslim.load(tmp_path / "more", Positions())
+
+
 def test_run_result_saves_its_recipe_and_metrics(tmp_path):
     recipe = torchslim.Recipe.from_dict({"steps": [{"compress": {"method": "magnitude", "sparsity": 0.9}}]})
     result = RunResult(model=prune(digits(), 0.9), recipe=recipe, baseline={"accuracy": 0.97, "odd": float("nan")},
