@@ -422,7 +422,7 @@ DAMAGE = {
     "newer format": (
         lambda d: edit_manifest(d / "manifest.json", lambda m: m.update(format_version=FORMAT_VERSION + 1),
                                 reseal=True),
-        r"format version 2 .*reads format versions up to 1.*[Uu]pgrade torchslim"),
+        rf"format version {FORMAT_VERSION + 1} .*reads format versions up to {FORMAT_VERSION}.*[Uu]pgrade torchslim"),
     "not a torchslim manifest": (
         lambda d: (d / "manifest.json").write_text('{"hello": 1}'), r"not a torchslim manifest"),
 }
