@@ -111,7 +111,9 @@ def resnet_case(quick: bool, cache: Path) -> list[dict]:
         "search": {"target": {"latency": 0.6},
                    "methods": [{"accelerate": {"method": "channel", "targets": {"include": ["layer*"]}}}],
                    "grid": [0.25, 0.5] if quick else [0.2, 0.35, 0.5, 0.65],
-                   "calibration_batches": 1, "cache_dir": str(cache), "plot": False, "retries": 0},
+                   "calibration_batches": 1, "cache_dir": str(cache), "plot": False, "retries": 1,
+                   "finetune": {"finetune": {"method": "sgd", "epochs": 2 if quick else 8, "lr": 0.01}}},
+        "constraints": {"max_drop": {"accuracy": 0.05}},
     }
     start = time.perf_counter()
     result = torchslim.Engine().run(model, recipe, train_data=data, eval_data=data,
@@ -120,7 +122,9 @@ def resnet_case(quick: bool, cache: Path) -> list[dict]:
         "case": f"resnet18 {size}px", "method": "search channel, latency 0.6",
         "latency_ratio": result.final["latency_ms"] / result.baseline["latency_ms"],
         "macs_ratio": result.final["macs"] / result.baseline["macs"], "acc_baseline": result.baseline["accuracy"],
+        "acc_before_ft": result.search["attempts"][-1]["accuracy_before_finetune"],
         "acc_after_ft": result.final["accuracy"], "target_met": result.search["target_met"],
+        "constraints_met": result.search["constraints_met"], "attempts": len(result.search["attempts"]),
         "seconds": time.perf_counter() - start,
     }]
 
