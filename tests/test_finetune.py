@@ -13,6 +13,7 @@ import torchslim
 from torchslim.data import digits_loaders
 from torchslim.measure import count_nonzeros, count_params
 from torchslim.plugins.finetune import SGDFinetune, lr_factor
+from torchslim.testing import register_inline_plugin
 from torchslim.zoo import MLP, DigitsCNN
 
 FAST_EVAL = {"latency_runs": 3, "latency_warmup": 1}
@@ -163,6 +164,35 @@ def test_gru_on_digit_rows_learns_with_adamw(engine):
     result = engine.run(DigitsGRU(), finetune_recipe(epochs=2, optimizer="adamw", lr=0.01),
                         train_data=train, eval_data=test)
     assert result.final["accuracy"] > result.baseline["accuracy"] + 0.3
+
+
+def test_a_subclass_replaces_only_the_loss(engine):
+    # compute_loss is the hook a method built on sgd overrides (torchslim-distill does): the loop,
+    # seeding and checks stay the same, so returning the default loss trains bit-identically to sgd.
+    class Recorded(SGDFinetune):
+        calls: list[str] = []
+
+        def compute_loss(self, model, inputs, target, context, opts, where):
+            self.calls.append(where)
+            return super().compute_loss(model, inputs, target, context, opts, where)
+
+    class Batchwise(SGDFinetune):
+        def compute_loss(self, model, inputs, target, context, opts, where):
+            return nn.functional.cross_entropy(context.forward(model, inputs, where), target, reduction="none")
+
+    torch.manual_seed(0)
+    train, _ = digits_loaders()
+    model = DigitsCNN(width=4)
+    plain = weights(engine.run(model, finetune_recipe(evaluate=(), steps=5), train_data=train).model)
+    with register_inline_plugin(engine, Recorded, "recorded"):
+        recipe = {"steps": [{"finetune": {"method": "recorded", "steps": 5}}], "evaluate": []}
+        mine = weights(engine.run(model, recipe, train_data=train).model)
+    assert all(torch.equal(plain[k], mine[k]) for k in plain)
+    assert Recorded.calls == [f"train_data batch {i} of epoch 1" for i in range(1, 6)]
+    with register_inline_plugin(engine, Batchwise, "batchwise"):
+        recipe = {"steps": [{"finetune": {"method": "batchwise", "steps": 2}}], "evaluate": []}
+        with pytest.raises(torchslim.StepError, match=r"batch 1 of epoch 1: the loss must be a scalar tensor, got \(64,\)"):
+            engine.run(model, recipe, train_data=train)
 
 
 # ----------------------------------------------------------------------------- options

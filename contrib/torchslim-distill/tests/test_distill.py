@@ -13,7 +13,7 @@ from torch import nn
 import torchslim
 from torchslim.plugins.finetune import SGDFinetune
 from torchslim.testing import check_method_plugin, register_inline_plugin
-from torchslim_distill import DistillOptions, kd_loss
+from torchslim_distill import DistillOptions, feature_loss, kd_loss
 
 BENCH = Path(__file__).resolve().parents[3] / "bench" / "distill.py"
 PRUNE_90 = {"compress": {"method": "magnitude", "sparsity": 0.9, "scope": "global"}}
@@ -48,13 +48,17 @@ def test_distill_honours_the_plugin_contract(torchslim_engine, torchslim_tiny_ta
 def test_it_takes_every_sgd_option():
     assert set(SGDFinetune.Options.model_fields) < set(DistillOptions.model_fields)
     opts = DistillOptions(optimizer="adamw", steps=5, schedule="constant", warmup_steps=2, grad_clip=1.0)
-    assert opts.temperature == 4.0 and opts.kd_weight == 1.0 and opts.task_weight == 1.0
+    assert opts.temperature == 1.0 and opts.kd_weight == 1.0 and opts.task_weight == 1.0
+    assert opts.features == "auto" and opts.feature_weight == 5.0
 
 
 def test_nothing_to_learn_is_rejected_before_any_work(torchslim_engine):
-    recipe = {"steps": [{"finetune": {"method": "distill", "kd_weight": 0, "task_weight": 0}}]}
-    with pytest.raises(torchslim.RecipeError, match="kd_weight, task_weight and feature_weight"):
-        torchslim_engine.recipe(recipe)
+    for features in ({"features": []}, {"feature_weight": 0}):
+        recipe = {"steps": [{"finetune": {"method": "distill", "kd_weight": 0, "task_weight": 0, **features}}]}
+        with pytest.raises(torchslim.RecipeError, match="kd_weight, task_weight and feature_weight"):
+            torchslim_engine.recipe(recipe)
+    # features alone (auto by default) are something to learn
+    torchslim_engine.recipe({"steps": [{"finetune": {"method": "distill", "kd_weight": 0, "task_weight": 0}}]})
 
 
 def test_kd_loss_is_temperature_scaled_kl():
@@ -70,6 +74,35 @@ def test_kd_loss_is_temperature_scaled_kl():
     assert torch.allclose(kd_loss(seq_s, seq_t, 2.0), flat)
 
 
+def test_feature_loss_is_relative_squared_error():
+    torch.manual_seed(0)
+    teacher = torch.randn(4, 8, 5, 5)
+    assert float(feature_loss(teacher, teacher)) == 0.0
+    assert float(feature_loss(torch.zeros_like(teacher), 100 * teacher)) == pytest.approx(1.0)
+    student = teacher + 0.1 * torch.randn_like(teacher)
+    # the same relative error whatever the layer's scale
+    assert float(feature_loss(1000 * student, 1000 * teacher)) == pytest.approx(float(feature_loss(student, teacher)))
+
+
+def test_auto_features_match_every_same_shaped_layer_with_weights(torchslim_engine, torchslim_tiny_task):
+    task = torchslim_tiny_task
+    recipe = {"steps": [PRUNE_90, {"finetune": {"method": "distill", "steps": 2}}], "evaluate": []}
+    info = torchslim_engine.run(task.model, recipe, train_data=task.train_data).steps[1].info["distill"]
+    layers = [n for n, m in task.model.named_modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
+    # masked layers count; parameter-free modules (pooling) and the logits layer (the KL has it) do not
+    assert info["features"] == [n for n in layers if n != "fc2"] and "pool" not in info["features"]
+    assert set(info["final_terms"]) == {"kd", "task", "features"}
+    # a layer another method narrowed is skipped, not an error; the others are still matched
+    narrowed = {"steps": [{"compress": {"method": "narrow"}}, {"finetune": {"method": "distill", "steps": 2}}],
+                "evaluate": []}
+    with register_inline_plugin(torchslim_engine, NarrowFc1, "narrow"):
+        info = torchslim_engine.run(task.model, narrowed, train_data=task.train_data).steps[1].info["distill"]
+    assert "fc1" not in info["features"] and "conv3" in info["features"]
+    off = {"steps": [{"finetune": {"method": "distill", "steps": 2, "features": []}}], "evaluate": []}
+    info = torchslim_engine.run(task.model, off, train_data=task.train_data).steps[0].info["distill"]
+    assert info["features"] == [] and set(info["final_terms"]) == {"kd", "task"}
+
+
 def test_pure_distillation_learns_from_the_teacher_without_labels(torchslim_engine, torchslim_tiny_task):
     task = torchslim_tiny_task
     unlabelled = [x for x, _ in task.train_data]  # batches without targets
@@ -80,8 +113,8 @@ def test_pure_distillation_learns_from_the_teacher_without_labels(torchslim_engi
     x = torch.cat(unlabelled)
     with torch.no_grad():
         teacher = task.model.eval()(x)
-        before = kd_loss(pruned_only.eval()(x), teacher, 4.0)
-        after = kd_loss(result.model.eval()(x), teacher, 4.0)
+        before = kd_loss(pruned_only.eval()(x), teacher, 1.0)
+        after = kd_loss(result.model.eval()(x), teacher, 1.0)
     assert after < 0.5 * before
     with pytest.raises(torchslim.StepError, match="has no target"):  # labels are needed once task_weight > 0
         torchslim_engine.run(task.model, {"steps": [{"finetune": {"method": "distill", "steps": 1}}],
@@ -113,4 +146,4 @@ def test_bench_quick_runs(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--out", str(out)], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "distill+features" in proc.stdout and out.is_file()
+    assert "distill - sgd (points)" in proc.stdout and out.is_file()
