@@ -8,8 +8,9 @@ error of every same-shaped conv/BN/linear output, weight 5), and, for reference,
 Hinton et al. (logits only, T=4). Reports test accuracy (450 images: one image is 0.22 points) per
 seed, the mean over seeds, the mean gain of ``distill`` over ``sgd`` and on how many seeds it won.
 
-The distill defaults were chosen with ``--first-seed 100 --seeds 10``; the figures in the docs use
-seeds 0-4, which played no part in choosing them.
+The distill defaults were chosen on seeds 100-109 (``--first-seed 100 --seeds 10 --ablation`` adds
+variants that change one setting each); the figures in the docs use seeds 0-4, which played no part
+in choosing them.
 
 ``--quick``: one seed, 90% only, a narrow CNN and 4 fine-tuning steps: only exercises the code. Prints
 tables and writes JSON (bench/results/distill.json, or distill-quick.json).
@@ -44,6 +45,16 @@ METHODS: dict[str, dict[str, Any]] = {
     "distill": {"method": "distill"},  # defaults: T=1, kd/task weights 1, features auto with weight 5
     "distill T=4 logits only": {"method": "distill", "temperature": 4, "features": []},
 }
+#: ``--ablation`` adds these: each changes one thing of the defaults or of Hinton's setting.
+ABLATION: dict[str, dict[str, Any]] = {
+    "distill T=2": {"method": "distill", "temperature": 2},
+    "distill T=4": {"method": "distill", "temperature": 4},
+    "distill logits only": {"method": "distill", "features": []},
+    "distill features only": {"method": "distill", "kd_weight": 0},
+    "distill features only, weight 20": {"method": "distill", "kd_weight": 0, "feature_weight": 20},
+    "distill T=4 logits only, 0.5/0.5": {"method": "distill", "temperature": 4, "features": [],
+                                         "kd_weight": 0.5, "task_weight": 0.5},
+}
 
 
 def train_dense(seed: int, epochs: int, train, width: int = 32) -> nn.Module:
@@ -61,7 +72,7 @@ def train_dense(seed: int, epochs: int, train, width: int = 32) -> nn.Module:
     return model.eval()
 
 
-def run(quick: bool, seeds: int, first_seed: int) -> dict[str, Any]:
+def run(quick: bool, seeds: int, first_seed: int, methods: dict[str, dict[str, Any]]) -> dict[str, Any]:
     sparsities = (0.9,) if quick else (0.9, 0.95)
     # quick: a narrow CNN and a few steps, only to exercise the code path
     dense_epochs, width = (1, 8) if quick else (12, 32)
@@ -74,7 +85,7 @@ def run(quick: bool, seeds: int, first_seed: int) -> dict[str, Any]:
         dense = train_dense(seed, dense_epochs, train, width)
         for budget in budgets:
             for sparsity in sparsities:
-                for label, finetune in METHODS.items():
+                for label, finetune in methods.items():
                     recipe = {"steps": [{"compress": {"method": "magnitude", "sparsity": sparsity, "scope": "global"}},
                                         {"finetune": {**finetune, **budget, "lr": 0.01}}],
                               "evaluate": ["accuracy"], "seed": seed}
@@ -95,7 +106,7 @@ def run(quick: bool, seeds: int, first_seed: int) -> dict[str, Any]:
                                    "dense": round(statistics.mean(r["dense"] for r in mine if r["method"] == "sgd"), 4),
                                    "no fine-tuning": round(statistics.mean(r["pruned"] for r in mine
                                                                            if r["method"] == "sgd"), 4)}
-            for label in METHODS:
+            for label in methods:
                 values = [r["finetuned"] for r in mine if r["method"] == label]  # in seed order
                 row[label] = round(statistics.mean(values), 4)
                 row[f"{label} per seed"] = [round(v, 4) for v in values]
@@ -105,7 +116,7 @@ def run(quick: bool, seeds: int, first_seed: int) -> dict[str, Any]:
                                                 f"{sum(g == 0 for g in gains)}")
             summary.append(row)
     return {"seeds": seed_list, "width": width, "dense_epochs": dense_epochs, "lr": 0.01, "test_images": 450,
-            "methods": METHODS, "torch": torch.__version__, "cpu_count": os.cpu_count(),
+            "methods": methods, "torch": torch.__version__, "cpu_count": os.cpu_count(),
             "summary": summary, "runs": runs}
 
 
@@ -120,24 +131,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds (default 5)")
     parser.add_argument("--first-seed", type=int, default=0,
                         help="first seed (default 0; the distill defaults were chosen on seeds 100-109)")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also run variants that change one setting each (T, weights, features)")
     parser.add_argument("--out", type=Path, help="JSON output (default bench/results/distill[-quick].json)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: the figures do not depend on it, and one thread "
                              "suffers least on a shared machine)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = run(args.quick, args.seeds, args.first_seed)
+    methods = {**METHODS, **(ABLATION if args.ablation else {})}
+    results = run(args.quick, args.seeds, args.first_seed, methods)
     seeds = results["seeds"]
     columns = ["fine-tuning", "sparsity", "dense", "no fine-tuning", "sgd", "distill", "distill - sgd (points)",
-               "distill better/worse/tied", *[m for m in METHODS if m not in ("sgd", "distill")]]
+               "distill better/worse/tied", *[m for m in methods if m not in ("sgd", "distill")]]
     print(f"## digits CNN (width {results['width']}): test accuracy after magnitude pruning + fine-tuning "
           f"(lr {results['lr']}, same budget and data order for every method), mean of seeds "
           f"{seeds[0]}-{seeds[-1]}")
     print(tabulate([[row[c] for c in columns] for row in results["summary"]], headers=columns, disable_numparse=True))
     print(f"\nper seed ({', '.join(map(str, seeds))}):")
     print(tabulate([[row["fine-tuning"], row["sparsity"], *(" ".join(f"{v:.3f}" for v in row[f"{m} per seed"])
-                                                           for m in METHODS)] for row in results["summary"]],
-                   headers=["fine-tuning", "sparsity", *METHODS], disable_numparse=True))
+                                                           for m in methods)] for row in results["summary"]],
+                   headers=["fine-tuning", "sparsity", *methods], disable_numparse=True))
     out = args.out or RESULTS / ("distill-quick.json" if args.quick else "distill.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

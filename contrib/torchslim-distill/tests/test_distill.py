@@ -13,7 +13,7 @@ from torch import nn
 import torchslim
 from torchslim.plugins.finetune import SGDFinetune
 from torchslim.testing import check_method_plugin, register_inline_plugin
-from torchslim_distill import DistillOptions, feature_loss, kd_loss
+from torchslim_distill import DistillOptions, feature_loss, feature_scales, kd_loss
 
 BENCH = Path(__file__).resolve().parents[3] / "bench" / "distill.py"
 PRUNE_90 = {"compress": {"method": "magnitude", "sparsity": 0.9, "scope": "global"}}
@@ -82,6 +82,11 @@ def test_feature_loss_is_relative_squared_error():
     student = teacher + 0.1 * torch.randn_like(teacher)
     # the same relative error whatever the layer's scale
     assert float(feature_loss(1000 * student, 1000 * teacher)) == pytest.approx(float(feature_loss(student, teacher)))
+    # the step fixes each layer's scale once (over all ranks), so the loss is a plain mean over samples
+    scales = feature_scales({"conv": teacher, "dead": torch.zeros(4, 3)})
+    assert torch.allclose(scales["conv"], teacher.pow(2).mean()) and float(scales["dead"]) == 1.0
+    halves = [feature_loss(student[i:i + 2], teacher[i:i + 2], scales["conv"]) for i in (0, 2)]
+    assert torch.allclose((halves[0] + halves[1]) / 2, feature_loss(student, teacher, scales["conv"]))
 
 
 def test_auto_features_match_every_same_shaped_layer_with_weights(torchslim_engine, torchslim_tiny_task):

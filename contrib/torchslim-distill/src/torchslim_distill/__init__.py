@@ -6,8 +6,8 @@ KL to the teacher's logits plus the relative squared error between the outputs o
 two models share (conv, linear and norm layers of the same shape, or the modules you name).
 """
 
-from .plugin import Distillation, DistillOptions, auto_features, feature_loss, kd_loss
+from .plugin import Distillation, DistillOptions, auto_features, feature_loss, feature_scales, kd_loss
 
 __version__ = "0.1.0"
 
-__all__ = ["DistillOptions", "Distillation", "auto_features", "feature_loss", "kd_loss", "__version__"]
+__all__ = ["DistillOptions", "Distillation", "auto_features", "feature_loss", "feature_scales", "kd_loss", "__version__"]

@@ -4,7 +4,9 @@ Loss per batch::
 
     task_weight * task_loss(student, labels)
   + kd_weight * T^2 * KL(softmax(teacher / T) || softmax(student / T))       (Hinton et al., 2015)
-  + feature_weight * mean over matched modules of ||student out - teacher out||^2 / ||teacher out||^2
+  + feature_weight * mean over matched modules of mean((student out - teacher out)^2) / scale
+
+where ``scale`` is the teacher output's mean square on the first batch (see :func:`feature_scales`).
 
 The teacher is ``context.original_model``: the user's model before any step, in eval mode with
 gradients off; it is only ever read. Training (optimizer, schedule, epochs or steps, warm-up,
@@ -27,6 +29,7 @@ from pydantic import ConfigDict, Field, model_validator
 from torch import nn
 
 import torchslim
+from torchslim import distributed
 from torchslim.batches import first_tensor
 from torchslim.datacheck import logits_of
 from torchslim.plugins.finetune import SGDFinetune
@@ -45,19 +48,42 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return kl.mean() * temperature**2
 
 
-def feature_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Relative squared error ``mean((student - teacher)^2) / mean(teacher^2)``, in float32.
+def feature_loss(student: torch.Tensor, teacher: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Relative squared error ``mean((student - teacher)^2) / scale``, in float32.
 
-    Dividing by the teacher's mean square weighs every matched layer alike, whatever its scale (a
-    convolution's output before its BatchNorm is often 10x larger than after). 0 when they agree, 1
-    when the student outputs zeros.
+    ``scale`` defaults to the teacher's mean square, ``mean(teacher^2)``: dividing by it weighs every
+    matched layer alike, whatever its scale (a convolution's output before its BatchNorm is often 10x
+    larger than after). The result is 0 when they agree and 1 when the student outputs zeros. The
+    ``distill`` step passes a scale it fixed per layer on the first batch, so the loss is a plain mean
+    over the batch's samples (which distributed data parallel training needs).
 
     >>> t = torch.randn(2, 3, 4, 4)
     >>> float(feature_loss(torch.zeros_like(t), t))
     1.0
     """
     teacher = teacher.detach().float()
-    return F.mse_loss(student.float(), teacher) / teacher.pow(2).mean().clamp_min(1e-12)
+    if scale is None:
+        scale = teacher.pow(2).mean()
+    return F.mse_loss(student.float(), teacher) / scale.clamp_min(1e-12)
+
+
+def feature_scales(teacher: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The mean square of each of the teacher's outputs, over the whole batch on all ranks.
+
+    Under distributed training every rank must call it with the same names; each rank contributes its
+    shard, so every rank gets the scale one process would compute on the global batch. A layer whose
+    outputs are all zero gets scale 1 (plain squared error) instead of dividing by zero.
+    """
+    names = list(teacher)
+    if not names:
+        return {}
+    first = teacher[names[0]]
+    sums = torch.stack([teacher[n].detach().double().pow(2).sum() for n in names]
+                       + [torch.tensor(float(teacher[n].numel()), dtype=torch.float64, device=first.device)
+                          for n in names])
+    sums = distributed.all_reduce_sum(sums)
+    means = sums[:len(names)] / sums[len(names):]
+    return {n: (m if m > 0 else torch.ones_like(m)).float() for n, m in zip(names, means)}
 
 
 class DistillOptions(SGDFinetune.Options):
@@ -66,13 +92,13 @@ class DistillOptions(SGDFinetune.Options):
     model_config = ConfigDict(extra="forbid")
 
     # T=1: with a teacher that is nearly always right on its training data, T=4 (Hinton's CIFAR
-    # setting) turns the KL into logit regression that slowed recovery after pruning: 0.84 points
-    # below sgd after 1 epoch at 95 % sparsity, against +0.36 for T=1 (bench/distill.py, seeds 100-109).
+    # setting) turns the KL into regression onto its logits, which slowed recovery after pruning
+    # (README, "Why these defaults": `bench/distill.py --first-seed 100 --seeds 10 --ablation`).
     temperature: float = Field(
         1.0, gt=0, le=100, description="softmax temperature of the KL term; higher shares more of the "
                                        "teacher's ranking of the wrong classes")
     # 1 and 1: switching from sgd keeps the whole task gradient and adds the teacher's; weights summing
-    # to 1 (0.5/0.5) recovered much less within a short budget in bench/distill.py
+    # to 1 (0.5/0.5) recovered much less within a short budget (same table)
     kd_weight: float = Field(
         1.0, ge=0, le=100, description="weight of the KL term to the teacher's logits (already scaled by T^2)")
     task_weight: float = Field(
@@ -102,6 +128,7 @@ class _Run:
     student: dict[str, torch.Tensor] = field(default_factory=dict)
     teacher: dict[str, torch.Tensor] = field(default_factory=dict)
     matched: dict[str, None] = field(default_factory=dict)  # an ordered set of the modules matched
+    scales: dict[str, torch.Tensor] = field(default_factory=dict)  # per module, fixed on its first batch
     terms: list[dict[str, float]] = field(default_factory=list)
     handles: list[Any] = field(default_factory=list)
 
@@ -206,8 +233,11 @@ class Distillation(SGDFinetune):
             matched = self._matched_features(run, opts.features == "auto", student_logits, where)
             if matched:
                 run.matched.update(dict.fromkeys(matched))
+                new = [n for n in matched if n not in run.scales]
+                if new:  # fixed from then on: a batch-dependent scale would make the loss no plain mean
+                    run.scales.update(feature_scales({n: run.teacher[n] for n in new}))
                 terms["features"] = opts.feature_weight * torch.stack(
-                    [feature_loss(run.student[n], run.teacher[n]) for n in matched]).mean()
+                    [feature_loss(run.student[n], run.teacher[n], run.scales[n]) for n in matched]).mean()
         run.terms.append({key: float(term.detach()) for key, term in terms.items()})
         return sum(terms.values())
 
