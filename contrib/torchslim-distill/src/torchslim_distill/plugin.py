@@ -15,7 +15,7 @@ same options: this plugin subclasses :class:`torchslim.plugins.finetune.SGDFinet
 only :meth:`~torchslim.plugins.finetune.SGDFinetune.compute_loss`.
 
 The defaults (T=1, all three weights on, ``features: auto``) were chosen on the digits CNN at 90 % and
-95 % sparsity with seeds 100-109; ``bench/distill.py`` reports them on seeds 0-4 (see the README).
+95 % sparsity with seeds 100-109; ``bench/distill.py`` reports them on seeds 0-9 (see the README).
 """
 
 from __future__ import annotations
