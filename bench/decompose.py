@@ -131,6 +131,20 @@ def speed_row(model_name: str, batch: int, method: str, target: float | None, ma
 
 
 # ------------------------------------------------------------------------------------- sections
+#: the svd settings the ResNet section times: spread the MAC budget by MACs (same ranks on every
+#: machine) or by each layer's measured time (cuts go where they save time on this machine)
+SPREADS = {"svd": "macs", "svd-latency": "latency"}
+
+
+def _svd_at(base: nn.Module, x: tuple, ratio: float, spread: str, quick: bool) -> tuple[nn.Module, dict[str, Any]]:
+    """The svd model at ``ratio`` and what the table reports of its decomposition."""
+    start = time.perf_counter()
+    model, result = svd(base, x, mac_ratio=ratio, rank_multiple=8, measure_latency=True,
+                        latency_runs=3 if quick else 12, spread_by=spread)
+    return model, {"decompose_s": round(time.perf_counter() - start, 2), "layers": result.info["layers_decomposed"],
+                   "kept_slower": result.info["layers_kept_slower"]}
+
+
 def bench_resnet(quick: bool, baselines: bool) -> list[dict[str, Any]]:
     archs = {"resnet18": resnet18} if quick else {"resnet50": resnet50, "resnet18": resnet18}
     size, batches, ratios = (64, (1,), (0.5,)) if quick else (224, (1, 8), (0.7, 0.5))
@@ -146,14 +160,10 @@ def bench_resnet(quick: bool, baselines: bool) -> list[dict[str, Any]]:
             candidates: dict[str, nn.Module] = {"baseline": base}
             info: dict[str, dict[str, Any]] = {}
             for ratio in ratios:
-                start = time.perf_counter()
-                model, result = svd(base, x, mac_ratio=ratio, rank_multiple=8, measure_latency=True,
-                                    latency_runs=3 if quick else 12)
-                seconds = time.perf_counter() - start
-                candidates[f"svd@{ratio}"] = model
-                info[f"svd@{ratio}"] = {"target": ratio, "macs": count_macs(model, x), "extra": {
-                    "decompose_s": round(seconds, 2), "layers": result.info["layers_decomposed"],
-                    "kept_slower": result.info["layers_kept_slower"]}}
+                for method, spread in SPREADS.items():
+                    model, extra = _svd_at(base, x, ratio, spread, quick)
+                    candidates[f"{method}@{ratio}"] = model
+                    info[f"{method}@{ratio}"] = {"target": ratio, "macs": count_macs(model, x), "extra": extra}
                 if baselines and not quick:
                     target_macs = info[f"svd@{ratio}"]["macs"]
                     for method in ("tucker", "cp", "torch-pruning"):
@@ -168,15 +178,24 @@ def bench_resnet(quick: bool, baselines: bool) -> list[dict[str, Any]]:
                 method = name.split("@")[0]
                 rows.append(speed_row(arch_name, batch, method, data["target"], macs_before, data["macs"],
                                       times["baseline"], times[name], memory_format="nchw", **data["extra"]))
-            # The same models in channels_last (NHWC), the layout oneDNN convolves without reordering.
-            nhwc = {name: copy.deepcopy(model).to(memory_format=torch.channels_last)
-                    for name, model in candidates.items() if name == "baseline" or name.startswith("svd@")}
-            times = interleaved_latency(nhwc, (x[0].contiguous(memory_format=torch.channels_last),), runs)
+            # channels_last (NHWC), the layout oneDNN convolves without reordering: model and input
+            # converted; the latency spread is decomposed again in that layout, since it times the layers.
+            to_nhwc = lambda model: copy.deepcopy(model).to(memory_format=torch.channels_last)  # noqa: E731
+            x_nhwc = (x[0].contiguous(memory_format=torch.channels_last),)
+            base_nhwc = to_nhwc(base)
+            nhwc: dict[str, nn.Module] = {"baseline": base_nhwc}
+            for ratio in ratios:
+                nhwc[f"svd@{ratio}"] = to_nhwc(candidates[f"svd@{ratio}"])
+                model, extra = _svd_at(base_nhwc, x_nhwc, ratio, "latency", quick)
+                nhwc[f"svd-latency@{ratio}"] = model.to(memory_format=torch.channels_last)
+                info[f"svd-latency@{ratio}/nhwc"] = {"target": ratio, "macs": count_macs(model, x), "extra": extra}
+            times = interleaved_latency(nhwc, x_nhwc, runs)
             for name in nhwc:
                 if name != "baseline":
-                    data = info[name]
-                    rows.append(speed_row(arch_name, batch, "svd", data["target"], macs_before, data["macs"],
-                                          times["baseline"], times[name], memory_format="channels_last"))
+                    data = info.get(f"{name}/nhwc", info[name])
+                    rows.append(speed_row(arch_name, batch, name.split("@")[0], data["target"], macs_before,
+                                          data["macs"], times["baseline"], times[name], memory_format="channels_last",
+                                          **(data["extra"] if name.startswith("svd-latency") else {})))
             print(rows_table([r for r in rows if r["model"] == arch_name and r["batch"] == batch]), flush=True)
     return rows
 

@@ -300,44 +300,64 @@ def rank_for_energy(spectrum: Spectrum, energy: float, multiple: int = 1) -> int
 
 @dataclass
 class RankCurve:
-    """What the MAC allocator knows about one layer: cost per rank, original MACs, spectrum."""
+    """What the MAC allocator knows about one layer: cost per rank, original MACs, spectrum.
+
+    ``time`` is an optional measured latency model ``(original_ms, fixed_ms, ms_per_rank)``: the
+    factors at rank ``r`` take ``fixed_ms + ms_per_rank * r``. With it the allocator ranks cuts by
+    error per millisecond saved instead of per MAC saved (the MAC budget still decides when to stop),
+    so a layer whose factors pay a large fixed cost is cut last.
+    """
 
     macs: int                  # MACs of the original layer
     cost_per_rank: int         # MACs of the factor module per unit of rank
     energies: torch.Tensor     # (R,) descending, summed over groups
     weight: float = 1.0        # how much this layer's normalized error costs (its measured sensitivity)
     min_rank: int = 1          # no rank below this (deeper cuts were measured not to pay off)
+    time: tuple[float, float, float] | None = None
 
 
 def _hull_items(curve: RankCurve, multiple: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """The convex hull steps of one layer's (MACs, error) curve: ``(density, rank, saving)`` each."""
+    """The convex hull steps of one layer's (gain, error) curve: ``(density, rank, MACs saved)`` each.
+
+    The gain is MACs saved, or milliseconds saved when the curve has a latency model; a rank whose
+    factors would not be faster than the original is no candidate then.
+    """
     energies = curve.energies.double()
     full = energies.numel()
     step = max(1, multiple)
     ranks = torch.arange(step, full, step, dtype=torch.long)
     cost = ranks.double() * curve.cost_per_rank
-    useful = (cost < curve.macs) & (ranks >= curve.min_rank)
-    ranks, cost = ranks[useful], cost[useful]
+    gain = curve.macs - cost
+    if curve.time is not None:
+        original, fixed, per_rank = curve.time
+        # a rank that does not change the time (per_rank <= 0 from noise) saves a little, so deeper cuts
+        # still come last: only when the MAC budget needs them
+        per_rank = max(per_rank, 1e-6 * original / full)
+        gain = original - (fixed + per_rank * ranks.double())
+    useful = (cost < curve.macs) & (ranks >= curve.min_rank) & (gain > 0)
+    ranks, cost, gain = ranks[useful], cost[useful], gain[useful]
     if ranks.numel() == 0:
         return None
     tail = energies.flip(0).cumsum(0).flip(0)              # tail[k] = energy of directions k..R-1
     error = curve.weight * tail[ranks] / tail[0].clamp_min(1e-30)  # weighted normalized energy lost
-    first_density = error / (curve.macs - cost)
-    # From the original layer (cost = MACs, error 0) the first hull point is the cheapest slope; below
-    # it the curve is convex, so each further step down in rank has a larger slope than the one before.
+    first_density = error / gain
+    # From the original layer (gain 0, error 0) the first hull point is the cheapest slope; below it
+    # the curve is convex, so each further step down in rank has a larger slope than the one before.
     start = int(torch.nonzero(first_density == first_density.min()).max())
-    ranks, cost, error = ranks[: start + 1].flip(0), cost[: start + 1].flip(0), error[: start + 1].flip(0)
+    ranks, cost, gain, error = (t[: start + 1].flip(0) for t in (ranks, cost, gain, error))
     savings = torch.cat([curve.macs - cost[:1], cost[:-1] - cost[1:]])
+    gained = torch.cat([gain[:1], gain[1:] - gain[:-1]])
     lost = torch.cat([error[:1], error[1:] - error[:-1]])
-    return lost / savings, ranks, savings
+    return lost / gained, ranks, savings
 
 
 def allocate_ranks(curves: Sequence[RankCurve], savings_needed: float, multiple: int = 1) -> list[int | None]:
     """Per-layer ranks (None: keep the layer) that save ``savings_needed`` MACs at least error.
 
     Greedy on the convex hull of every layer's (MACs, normalized energy lost x weight) curve: the
-    steps that lose the least energy per MAC saved go first, whichever layer they belong to, until the
-    savings are reached (or every useful step is taken). Ranks are multiples of ``multiple``.
+    steps that lose the least energy per MAC saved (per millisecond saved, for curves with a latency
+    model) go first, whichever layer they belong to, until the MAC savings are reached (or every
+    useful step is taken). Ranks are multiples of ``multiple``.
     """
     chosen: list[int | None] = [None] * len(curves)
     if savings_needed <= 0:

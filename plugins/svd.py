@@ -114,6 +114,7 @@ class _Trials:
     timings: dict[tuple[str, str, int], tuple[float, float]] = field(default_factory=dict)
     slow: dict[str, str] = field(default_factory=dict)
     floors: dict[tuple[str, str], int] = field(default_factory=dict)
+    time_models: dict[tuple[str, str], tuple[float, float, float]] = field(default_factory=dict)
 
 
 def _key(layer: _Layer) -> tuple[str, str, int]:
@@ -189,12 +190,21 @@ class SVDDecomposition:
         latency_runs: int = Field(
             10, ge=1, le=1000,
             description="timed runs per layer and version, interleaved; the best run counts (least disturbed)")
+        spread_by: Literal["macs", "latency"] = Field(
+            "macs",
+            description="with mac_ratio, what a cut is weighed against: normalized energy lost per MAC saved "
+                        "('macs', the same ranks on every machine) or per millisecond saved, from each layer's "
+                        "factors timed at two ranks on its real input ('latency', needs measure_latency): the "
+                        "budget then goes to layers where fewer MACs really run faster")
 
         @model_validator(mode="after")
         def _one_rank_rule(self) -> "SVDDecomposition.Options":
             given = [name for name in RANK_OPTIONS if name in self.model_fields_set and getattr(self, name) is not None]
             if len(given) > 1:
                 raise ValueError(f"give one of rank, rank_ratio, energy or mac_ratio, not {' and '.join(given)}")
+            if self.spread_by == "latency" and (self.mac_ratio is None or not self.measure_latency):
+                raise ValueError("spread_by='latency' spreads a mac_ratio budget by measured layer times: give "
+                                 "mac_ratio and keep measure_latency true, or use spread_by='macs'")
             return self
 
         @property
@@ -260,7 +270,7 @@ class SVDDecomposition:
             "layers_kept_slower": len(trial.slow), "layers_skipped": len(skipped),
             "macs_before": macs_before, "macs_after": macs_after,
             "mac_ratio": macs_after / macs_before if macs_before else 1.0,
-            "data_aware": opts.data_aware, "seconds": time.perf_counter() - start,
+            "data_aware": opts.data_aware, "spread_by": opts.spread_by, "seconds": time.perf_counter() - start,
             "spectrum_seconds": spectrum_seconds,
         })
         if opts.rank_rule == "mac_ratio" and saved + 1e-9 < needed:
@@ -283,7 +293,7 @@ class SVDDecomposition:
         """
         for attempt in range(_LATENCY_ROUNDS):
             active = [layer for layer in layers if layer.name not in trial.slow]
-            self._allocate(active, needed, opts, weights, trial.floors)
+            self._allocate(active, needed, opts, weights, trial)
             failed = self._check_latency(active, opts, trial)
             if not failed:
                 break
@@ -433,17 +443,54 @@ class SVDDecomposition:
         _, layer.kind, layer.rank = best
 
     def _allocate(self, layers: list[_Layer], needed: float, opts: "SVDDecomposition.Options",
-                  weights: dict[str, float], floors: dict[tuple[str, str], int]) -> None:
+                  weights: dict[str, float], trial: "_Trials") -> None:
         """Spread ``needed`` MAC savings over ``layers`` (choosing each layer's kind first when auto)."""
         share = _share(layers, needed)
-        curves = []
         for layer in layers:
             layer.kind = min(layer.kinds, key=lambda kind: self._error_at_share(layer, kind, share))
+        if opts.spread_by == "latency":
+            self._time_models(layers, opts, trial)
+        curves = []
+        for layer in layers:
             energies = layer.spectra[layer.kind].energies.sum(0)
             curves.append(RankCurve(layer.macs, layer.cost_per_rank(layer.kind), energies,
-                                    weights.get(layer.name, 1.0), floors.get((layer.name, layer.kind), 1)))
+                                    weights.get(layer.name, 1.0), trial.floors.get((layer.name, layer.kind), 1),
+                                    trial.time_models.get((layer.name, layer.kind))))
         for layer, rank in zip(layers, allocate_ranks(curves, needed, opts.rank_multiple)):
             layer.rank = rank
+
+    def _time_models(self, layers: list[_Layer], opts: "SVDDecomposition.Options", trial: "_Trials") -> None:
+        """Time each layer's factors at two ranks on its real input: ``(original, fixed, per rank)`` in ms.
+
+        The probes sit at a quarter and three fifths of the largest rank that still saves MACs, around
+        where a 2x budget lands; between and beyond them the time is taken as linear in the rank (the
+        factor convs' MACs are). A layer with no rank below break-even gets no model (it has no cut).
+        """
+        step = max(1, opts.rank_multiple)
+
+        def probe(layer: _Layer, x: torch.Tensor, y: torch.Tensor) -> None:
+            top = min(layer.spectra[layer.kind].full_rank - 1, _break_even(layer))
+            ranks = sorted({max(step, top // 4 // step * step), max(step, top * 3 // 5 // step * step)})
+            ranks = [rank for rank in ranks if rank <= top] or [max(1, top)]
+            measured = []
+            for rank in ranks:
+                before, after = _time_pair(layer.module, factorize(layer.module, layer.spectra[layer.kind], rank),
+                                           x, opts.latency_runs)
+                trial.timings[(layer.name, layer.kind, rank)] = (before, after)
+                measured.append((rank, before, after))
+            original = min(before for _, before, _ in measured)
+            if len(measured) == 1:
+                (rank, _, after), = measured
+                trial.time_models[(layer.name, layer.kind)] = (original, 0.0, after / rank)
+                return
+            (r1, _, t1), (r2, _, t2) = measured
+            per_rank = (t2 - t1) / (r2 - r1)
+            trial.time_models[(layer.name, layer.kind)] = (original, t1 - per_rank * r1, per_rank)
+
+        missing = [layer for layer in layers if (layer.name, layer.kind) not in trial.time_models
+                   and _break_even(layer) >= 1]
+        if missing:
+            trial.activations.visit(missing, probe)
 
     @staticmethod
     def _error_at_share(layer: _Layer, kind: str, share: float) -> float:
@@ -530,9 +577,14 @@ class SVDDecomposition:
 _LATENCY_ROUNDS = 8
 
 
+def _break_even(layer: _Layer) -> int:
+    """The largest rank of ``layer.kind`` whose factors still save MACs."""
+    return -(-layer.macs // layer.cost_per_rank(layer.kind)) - 1
+
+
 def _raised_floor(layer: _Layer, multiple: int) -> int | None:
     """The rank floor after ``layer`` was too slow at ``layer.rank``: halfway to break-even, or None."""
-    break_even = -(-layer.macs // layer.cost_per_rank(layer.kind)) - 1   # the largest rank still saving MACs
+    break_even = _break_even(layer)
     step = max(1, multiple)
     floor = layer.rank + max(step, (break_even - layer.rank) // 2)
     floor = -(-floor // step) * step

@@ -280,6 +280,38 @@ def test_a_layer_too_slow_at_a_deep_cut_is_cut_less_not_dropped():
     assert _raised_floor(layer, 8) is None          # nothing useful is left: keep the original
 
 
+def test_latency_spread_cuts_where_fewer_macs_save_time():
+    """Two layers alike in MACs and spectrum: by MACs the budget is split evenly; by measured time it
+    goes to the layer whose factors' time falls with the rank, not to one with a large fixed cost."""
+    energies = torch.linspace(10, 1, 32)
+    scales = RankCurve(macs=32_000, cost_per_rank=1_000, energies=energies, time=(1.0, 0.05, 0.03))
+    overhead = RankCurve(macs=32_000, cost_per_rank=1_000, energies=energies, time=(1.0, 0.8, 0.006))
+    by_macs = allocate_ranks([RankCurve(32_000, 1_000, energies)] * 2, 24_000)
+    by_time = allocate_ranks([scales, overhead], 24_000)
+    assert by_macs[0] == by_macs[1]
+    assert by_time[1] is None or by_time[1] > by_time[0]
+    assert sum(32_000 - 1_000 * r for r in by_time if r is not None) >= 24_000   # the MAC budget still holds
+    # a rank whose factors would be slower than the original is never chosen
+    slower = RankCurve(macs=32_000, cost_per_rank=1_000, energies=energies, time=(1.0, 1.2, 0.01))
+    assert allocate_ranks([slower, scales], 10_000)[0] is None
+
+
+def test_latency_spread_meets_the_mac_budget_on_a_real_model():
+    torch.manual_seed(0)
+    convs = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 128, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(128, 128, 3, padding=1)).eval()
+    x = torch.randn(2, 64, 32, 32)
+    before = count_macs(convs, (x,))
+    model, result = _run(convs, x, mac_ratio=0.5, measure_latency=True, spread_by="latency", latency_runs=3)
+    assert count_macs(model, (x,)) <= 0.5 * before * 1.001 and "warning" not in result.info
+    assert result.info["spread_by"] == "latency"
+    assert all(row["latency_before_ms"] > 0 for row in result.report)
+    with pytest.raises(ValidationError, match="spread_by='latency'.*mac_ratio"):
+        SVDDecomposition.Options(rank_ratio=0.5, spread_by="latency")
+    with pytest.raises(ValidationError, match="measure_latency"):
+        SVDDecomposition.Options(mac_ratio=0.5, measure_latency=False, spread_by="latency")
+
+
 # ---------------------------------------------------------------------------- engine
 def test_engine_runs_svd_from_a_recipe_and_leaves_the_model_alone(trained_digits_cnn, digits):
     train, test = digits
