@@ -15,7 +15,7 @@ Sections (all by default; pick some with flags):
            torchslim vs torch.nn.utils.prune.global_unstructured.
 --size     bytes torchslim.save writes at each sparsity vs the dense model (digits CNN and ResNet-50).
 
-``--quick`` shrinks everything to finish in seconds (and skips MiniLM unless --minilm is given).
+``--quick`` shrinks everything to finish in seconds (and skips MiniLM and MNIST-1D unless asked for).
 Prints one table per section and writes JSON (default bench/results/pruning.json; pruning-quick.json
 with --quick).
 
