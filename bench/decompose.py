@@ -184,18 +184,17 @@ def bench_resnet(quick: bool, baselines: bool) -> list[dict[str, Any]]:
             x_nhwc = (x[0].contiguous(memory_format=torch.channels_last),)
             base_nhwc = to_nhwc(base)
             nhwc: dict[str, nn.Module] = {"baseline": base_nhwc}
+            nhwc_info: dict[str, dict[str, Any]] = {}
             for ratio in ratios:
                 nhwc[f"svd@{ratio}"] = to_nhwc(candidates[f"svd@{ratio}"])
+                nhwc_info[f"svd@{ratio}"] = {**info[f"svd@{ratio}"], "extra": {}}  # decomposed in NCHW above
                 model, extra = _svd_at(base_nhwc, x_nhwc, ratio, "latency", quick)
                 nhwc[f"svd-latency@{ratio}"] = model.to(memory_format=torch.channels_last)
-                info[f"svd-latency@{ratio}/nhwc"] = {"target": ratio, "macs": count_macs(model, x), "extra": extra}
+                nhwc_info[f"svd-latency@{ratio}"] = {"target": ratio, "macs": count_macs(model, x), "extra": extra}
             times = interleaved_latency(nhwc, x_nhwc, runs)
-            for name in nhwc:
-                if name != "baseline":
-                    data = info.get(f"{name}/nhwc", info[name])
-                    rows.append(speed_row(arch_name, batch, name.split("@")[0], data["target"], macs_before,
-                                          data["macs"], times["baseline"], times[name], memory_format="channels_last",
-                                          **(data["extra"] if name.startswith("svd-latency") else {})))
+            for name, data in nhwc_info.items():
+                rows.append(speed_row(arch_name, batch, name.split("@")[0], data["target"], macs_before, data["macs"],
+                                      times["baseline"], times[name], memory_format="channels_last", **data["extra"]))
             print(rows_table([r for r in rows if r["model"] == arch_name and r["batch"] == batch]), flush=True)
     return rows
 

@@ -110,6 +110,39 @@ def digits_rows(raw: list[dict[str, Any]], sparsities: list[float]) -> list[dict
     return rows
 
 
+def one_shot_recipe(sparsity: float, finetune: dict[str, Any], epochs: int, evaluate: list[str]) -> dict[str, Any]:
+    """Global magnitude pruning to ``sparsity`` in one step, then ``epochs`` of ``finetune``."""
+    return {"steps": [{"compress": {"method": "magnitude", "sparsity": sparsity, "scope": "global"}},
+                      {"finetune": {**finetune, "epochs": epochs}}], "evaluate": evaluate}
+
+
+def gradual_recipe(sparsity: float, finetune: dict[str, Any], rounds: int, between_epochs: int,
+                   final_epochs: int) -> dict[str, Any]:
+    """The same sparsity over ``rounds`` on the cubic schedule, fine-tuning between, then ``final_epochs``."""
+    # steady lr between rounds, as Zhu & Gupta train on while pruning
+    between = {**finetune, "epochs": between_epochs, "schedule": "constant"}
+    return {"steps": [{"compress": {"method": "magnitude", "sparsity": sparsity, "scope": "global",
+                                    "rounds": rounds, "between": between}},
+                      {"finetune": {**finetune, "epochs": final_epochs}}], "evaluate": []}
+
+
+def gradual_gain_row(raw: list[dict[str, Any]], sparsities: list[float]) -> dict[str, Any]:
+    """Gradual minus one-shot accuracy per sparsity, in points, with the seeds better/worse."""
+    row: dict[str, Any] = {"method": "gradual - one-shot, points (seeds better/worse)"}
+    for s in sparsities:
+        one = [r["accuracy"] for r in raw if r["sparsity"] == s and r["method"].startswith("torchslim one-shot")]
+        grad = [r["accuracy"] for r in raw if r["sparsity"] == s and r["method"].startswith("torchslim gradual")]
+        diffs = [g - o for o, g in zip(one, grad)]
+        row[f"{round(s * 100)}%"] = f"{100 * statistics.mean(diffs):+.2f} ({sum(d > 0 for d in diffs)}/" \
+                                    f"{sum(d < 0 for d in diffs)})"
+    return row
+
+
+def print_seed(raw: list[dict[str, Any]], seed: int, sparsity: float) -> None:
+    print(f"  seed {seed} sparsity {sparsity}: " + ", ".join(f"{r['method']} {r['accuracy']:.4f}" for r in raw[-3:]),
+          flush=True)
+
+
 def bench_digits(quick: bool, seeds: list[int], width: int | None = None) -> dict[str, Any]:
     """Accuracy after pruning + fine-tuning: torch.nn.utils.prune vs torchslim one-shot and gradual."""
     cfg = {
@@ -129,7 +162,7 @@ def bench_digits(quick: bool, seeds: list[int], width: int | None = None) -> dic
     between_epochs = 1
     final_epochs = budget - (cfg["rounds"] - 1) * between_epochs  # same total epochs as the baseline
     limits = {"max_batches_per_epoch": cfg["max_batches_per_epoch"]} if cfg["max_batches_per_epoch"] else {}
-    ft = {"lr": cfg["finetune_lr"], **limits}
+    ft = {"method": "sgd", "lr": cfg["finetune_lr"], **limits}
     rows, raw = [], []
     for seed in seeds:
         torch.manual_seed(seed)
@@ -146,26 +179,19 @@ def bench_digits(quick: bool, seeds: list[int], width: int | None = None) -> dic
             base = copy.deepcopy(dense)
             torch_prune.global_unstructured(prunable(base), pruning_method=torch_prune.L1Unstructured, amount=s)
             base_oneshot = accuracy(base, test)
-            base = finetune_direct(base, {"epochs": budget, **ft}, train, seed)
+            base = finetune_direct(base, {"epochs": budget, **{k: v for k, v in ft.items() if k != "method"}},
+                                   train, seed)
             raw.append({"seed": seed, "method": "torch.prune + finetune", "sparsity": s,
                         "accuracy": accuracy(base, test), "before_finetune": base_oneshot})
-            one = engine.run(dense, {"steps": [
-                {"compress": {"method": "magnitude", "sparsity": s, "scope": "global"}},
-                {"finetune": {"method": "sgd", "epochs": budget, **ft}},
-            ], "evaluate": []}, train_data=train, seed=seed).model
+            one = engine.run(dense, one_shot_recipe(s, ft, budget, []), train_data=train, seed=seed).model
             raw.append({"seed": seed, "method": "torchslim one-shot + finetune", "sparsity": s,
                         "accuracy": accuracy(one, test)})
-            gradual = engine.run(dense, {"steps": [
-                {"compress": {"method": "magnitude", "sparsity": s, "scope": "global", "rounds": cfg["rounds"],
-                              # steady lr between rounds, as Zhu & Gupta train on while pruning
-                              "between": {"method": "sgd", "epochs": between_epochs, "schedule": "constant", **ft}}},
-                {"finetune": {"method": "sgd", "epochs": final_epochs, **ft}},
-            ], "evaluate": []}, train_data=train, seed=seed).model
+            gradual = engine.run(dense, gradual_recipe(s, ft, cfg["rounds"], between_epochs, final_epochs),
+                                 train_data=train, seed=seed).model
             raw.append({"seed": seed, "method": f"torchslim gradual ({cfg['rounds']} rounds)", "sparsity": s,
                         "accuracy": accuracy(gradual, test)})
-            print(f"  seed {seed} sparsity {s}: " + ", ".join(
-                f"{r['method']} {r['accuracy']:.4f}" for r in raw[-3:]), flush=True)
-    rows = digits_rows(raw, cfg["sparsities"])
+            print_seed(raw, seed, s)
+    rows = digits_rows(raw, cfg["sparsities"]) + [gradual_gain_row(raw, cfg["sparsities"])]
     show(f"digits CNN (width {cfg['width']}): test accuracy, mean of {len(seeds)} seed(s), {budget} fine-tune epochs in every method", rows)
     return {"config": {**cfg, "seeds": seeds, "total_finetune_epochs": budget,
                        "gradual": f"{cfg['rounds']} rounds, {between_epochs} epoch (constant lr) between, "
@@ -213,31 +239,18 @@ def bench_mnist1d(quick: bool, seeds: list[int]) -> dict[str, Any]:
             "evaluate": []}, train_data=train, seed=seed).model.eval()
         raw.append({"seed": seed, "method": "dense", "sparsity": 0.0, "accuracy": accuracy(dense, test)})
         for s in cfg["sparsities"]:
-            one = engine.run(dense, {"steps": [
-                {"compress": {"method": "magnitude", "sparsity": s, "scope": "global"}},
-                {"finetune": {**ft, "epochs": cfg["finetune_epochs"]}}], "evaluate": ["accuracy"]},
-                train_data=train, eval_data=test, seed=seed)
-            gradual = engine.run(dense, {"steps": [
-                {"compress": {"method": "magnitude", "sparsity": s, "scope": "global", "rounds": cfg["rounds"],
-                              "between": {**ft, "epochs": cfg["between_epochs"], "schedule": "constant"}}},
-                {"finetune": {**ft, "epochs": final_epochs}}], "evaluate": []}, train_data=train, seed=seed).model
+            one = engine.run(dense, one_shot_recipe(s, ft, cfg["finetune_epochs"], ["accuracy"]),
+                             train_data=train, eval_data=test, seed=seed)
+            gradual = engine.run(dense, gradual_recipe(s, ft, cfg["rounds"], cfg["between_epochs"], final_epochs),
+                                 train_data=train, seed=seed).model
             raw += [{"seed": seed, "method": "one-shot, no fine-tuning", "sparsity": s,
                      "accuracy": one.steps[0].metrics["accuracy"]},
                     {"seed": seed, "method": "torchslim one-shot + finetune", "sparsity": s,
                      "accuracy": accuracy(one.model, test)},
                     {"seed": seed, "method": f"torchslim gradual ({cfg['rounds']} rounds)", "sparsity": s,
                      "accuracy": accuracy(gradual, test)}]
-            print(f"  seed {seed} sparsity {s}: " + ", ".join(f"{r['method']} {r['accuracy']:.4f}" for r in raw[-3:]),
-                  flush=True)
-    rows = digits_rows(raw, cfg["sparsities"])
-    gains = {}
-    for s in cfg["sparsities"]:
-        one = [r["accuracy"] for r in raw if r["sparsity"] == s and r["method"].startswith("torchslim one-shot")]
-        grad = [r["accuracy"] for r in raw if r["sparsity"] == s and r["method"].startswith("torchslim gradual")]
-        diffs = [g - o for o, g in zip(one, grad)]
-        gains[f"{round(s * 100)}%"] = f"{100 * statistics.mean(diffs):+.2f} ({sum(d > 0 for d in diffs)}/" \
-                                      f"{sum(d < 0 for d in diffs)})"
-    rows.append({"method": "gradual - one-shot, points (seeds better/worse)", **gains})
+            print_seed(raw, seed, s)
+    rows = digits_rows(raw, cfg["sparsities"]) + [gradual_gain_row(raw, cfg["sparsities"])]
     show(f"MNIST-1D Conv1d net (width {cfg['width']}): test accuracy (1000 signals), mean of {len(seeds)} seed(s), "
          f"{cfg['finetune_epochs']} fine-tune epochs in every method", rows)
     return {"config": {**cfg, "seeds": seeds, "gradual": f"{cfg['rounds']} rounds, {cfg['between_epochs']} epochs "
@@ -493,7 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [s for s in ("digits", "mnist1d", "minilm", "speed", "size") if getattr(args, s)]
     if not chosen:
         chosen = ["digits", "speed", "size"] if args.quick else ["digits", "mnist1d", "minilm", "speed", "size"]
-    seeds = list(range(args.seeds if args.seeds is not None else (1 if args.quick else 10)))
+    def seeds(default: int) -> list[int]:
+        return list(range(args.seeds if args.seeds is not None else (1 if args.quick else default)))
+
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     out: dict[str, Any] = {"quick": args.quick, "threads": args.threads, "torch": torch.__version__,
                            "machine": platform.machine(), "python": platform.python_version()}
@@ -505,10 +520,9 @@ def main(argv: list[str] | None = None) -> int:
             # another width is another table, kept beside the default one in the JSON
             if args.width not in (None, 32) and not args.quick:
                 key = f"digits-width{args.width}"
-            out[key] = bench_digits(args.quick, seeds, args.width)
+            out[key] = bench_digits(args.quick, seeds(10), args.width)
         elif section == "mnist1d":
-            out[key] = bench_mnist1d(args.quick, list(range(args.seeds if args.seeds is not None else
-                                                            (1 if args.quick else 5))))
+            out[key] = bench_mnist1d(args.quick, seeds(5))
         elif section == "minilm":
             out[key] = bench_minilm(args.quick)
         elif section == "speed":

@@ -77,13 +77,12 @@ def feature_scales(teacher: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     names = list(teacher)
     if not names:
         return {}
-    first = teacher[names[0]]
-    sums = torch.stack([teacher[n].detach().double().pow(2).sum() for n in names]
-                       + [torch.tensor(float(teacher[n].numel()), dtype=torch.float64, device=first.device)
-                          for n in names])
-    sums = distributed.all_reduce_sum(sums)
-    means = sums[:len(names)] / sums[len(names):]
-    return {n: (m if m > 0 else torch.ones_like(m)).float() for n, m in zip(names, means)}
+    squares = torch.stack([teacher[n].detach().double().pow(2).sum() for n in names])
+    counts = torch.tensor([float(teacher[n].numel()) for n in names], dtype=torch.float64, device=squares.device)
+    squares, counts = distributed.all_reduce_sum(torch.stack([squares, counts])).unbind(0)
+    means = squares / counts
+    means = torch.where(means > 0, means, torch.ones_like(means)).float()
+    return dict(zip(names, means.unbind(0)))
 
 
 class DistillOptions(SGDFinetune.Options):
