@@ -4,8 +4,9 @@ Sections (all by default; pick some with flags):
 
 - ``--resnet``: ResNet-50- and ResNet-18-shaped models, input 3x224x224 at batch 1 and 8, 2 threads:
   at whole-model MAC ratios 0.7 and 0.5, the MAC reduction, the latency speedup (median of >= 20
-  interleaved runs against the baseline timed in the same run) and realized / ideal, in the default
-  NCHW layout and again with model and input in channels_last.
+  interleaved runs against the baseline timed in the same run) and realized / ideal, in four
+  runtimes: eager PyTorch in NCHW and in channels_last, and as deployed on a CPU, where batch norms
+  fold into the convs: TorchScript frozen and optimized for inference, and ONNX Runtime.
 - ``--baselines``: in the same runs, tensorly-torch Tucker and CP factorized convs and Torch-Pruning
   channel pruning, each at the MACs the svd step reached.
 - ``--multiple``: does ``rank_multiple=8`` help? Whole models and one 3x3 layer over a range of ranks.
@@ -29,6 +30,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -40,6 +42,7 @@ from torch import nn
 import torchslim
 from torchslim.batches import call_model
 from torchslim.decompose import GramCollector, compute_spectrum, factorize, weight_matrix
+from torchslim.export import export_onnx
 from torchslim.measure import count_macs
 from torchslim.plugins.svd import SVDDecomposition
 from torchslim.report import rows_table
@@ -50,20 +53,27 @@ THREADS = 2
 
 
 # ------------------------------------------------------------------------------------- helpers
-def interleaved_latency(models: dict[str, nn.Module], inputs: tuple, runs: int, warmup: int = 2) -> dict[str, float]:
-    """Median ms per model; one run of each model in turn, so load changes hit all of them alike."""
-    times: dict[str, list[float]] = {name: [] for name in models}
+def interleaved_calls(calls: dict[str, Callable[[], Any]], runs: int, warmup: int = 2) -> dict[str, float]:
+    """Median ms per call; one run of each in turn, so load changes hit all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
     with torch.inference_mode():
-        for model in models.values():
-            model.eval()
+        for call in calls.values():
             for _ in range(warmup):
-                call_model(model, inputs)
+                call()
         for _ in range(runs):
-            for name, model in models.items():
+            for name, call in calls.items():
                 start = time.perf_counter()
-                call_model(model, inputs)
+                call()
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) * 1000 for name, values in times.items()}
+
+
+def interleaved_latency(models: dict[str, nn.Module], inputs: tuple, runs: int, warmup: int = 2) -> dict[str, float]:
+    """Median ms per model in eager PyTorch, timed as :func:`interleaved_calls` does."""
+    for model in models.values():
+        model.eval()
+    return interleaved_calls({name: (lambda m=model: call_model(m, inputs)) for name, model in models.items()},
+                             runs, warmup)
 
 
 def svd(model: nn.Module, inputs: Any, calibration=(), targets=None, **options) -> tuple[nn.Module, torchslim.StepResult]:
@@ -135,6 +145,40 @@ def speed_row(model_name: str, batch: int, method: str, target: float | None, ma
 #: machine) or by each layer's measured time (cuts go where they save time on this machine)
 SPREADS = {"svd": "macs", "svd-latency": "latency"}
 
+#: how the ResNet section runs each model: eager PyTorch in NCHW and in channels_last, and the two
+#: ways a CPU deployment runs it, where batch norms fold into the convs and add/ReLU fuse into them:
+#: TorchScript frozen and optimized for inference (channels_last), and ONNX Runtime (exported file)
+RUNTIMES = ("eager", "channels_last", "torchscript", "onnxruntime")
+
+
+def _channels_last(inputs: tuple) -> tuple:
+    return tuple(t.contiguous(memory_format=torch.channels_last) for t in inputs)
+
+
+def runner(runtime: str, model: nn.Module, inputs: tuple, workdir: Path) -> Callable[[], Any]:
+    """A call running a copy of ``model`` on ``inputs`` in ``runtime`` (one of :data:`RUNTIMES`)."""
+    model = copy.deepcopy(model).eval()
+    if runtime == "eager":
+        return lambda: model(*inputs)
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        handle, name = tempfile.mkstemp(suffix=".onnx", dir=workdir)
+        os.close(handle)
+        path = export_onnx(model, inputs, name)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feeds = {spec.name: t.numpy() for spec, t in zip(session.get_inputs(), inputs)}
+        return lambda: session.run(None, feeds)
+    model, inputs = model.to(memory_format=torch.channels_last), _channels_last(inputs)
+    if runtime == "channels_last":
+        return lambda: model(*inputs)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        script = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, inputs)))
+    return lambda: script(*inputs)
+
 
 def _svd_at(base: nn.Module, x: tuple, ratio: float, spread: str, quick: bool) -> tuple[nn.Module, dict[str, Any]]:
     """The svd model at ``ratio`` and what the table reports of its decomposition."""
@@ -145,6 +189,39 @@ def _svd_at(base: nn.Module, x: tuple, ratio: float, spread: str, quick: bool) -
                    "kept_slower": result.info["layers_kept_slower"]}
 
 
+def _resnet_candidates(base: nn.Module, x: tuple, ratios: tuple, quick: bool, baselines: bool,
+                       others: dict) -> dict[str, dict[str, Any]]:
+    """Every model the ResNet section times at one input: name -> model, MACs, target, row extras.
+
+    ``svd-latency`` is decomposed twice, its layers timed in NCHW and in channels_last, since the
+    ranks it picks depend on the layout the layers run in; ``timed_in`` says which.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for ratio in ratios:
+        for method, spread in SPREADS.items():
+            layouts = ("nchw",) if spread == "macs" else ("nchw", "channels_last")
+            for layout in layouts:
+                if layout == "nchw":
+                    model, extra = _svd_at(base, x, ratio, spread, quick)
+                else:
+                    nhwc = copy.deepcopy(base).to(memory_format=torch.channels_last)
+                    model, extra = _svd_at(nhwc, _channels_last(x), ratio, spread, quick)
+                    model = model.to(memory_format=torch.contiguous_format)
+                key = f"{method}@{ratio}" + ("" if layout == "nchw" else "/cl")
+                out[key] = {"model": model, "method": method, "target": ratio, "macs": count_macs(model, x),
+                            "extra": {"timed_in": layout if spread == "latency" else None, **extra}}
+        if baselines and not quick:
+            target_macs = out[f"svd@{ratio}"]["macs"]
+            for method in ("tucker", "cp", "torch-pruning"):
+                if (method, ratio) not in others:
+                    others[(method, ratio)] = _matched(method, base, x, target_macs)
+                if others[(method, ratio)] is not None:
+                    model = others[(method, ratio)]
+                    out[f"{method}@{ratio}"] = {"model": model, "method": method, "target": ratio,
+                                                "macs": count_macs(model, x), "extra": {}}
+    return out
+
+
 def bench_resnet(quick: bool, baselines: bool) -> list[dict[str, Any]]:
     archs = {"resnet18": resnet18} if quick else {"resnet50": resnet50, "resnet18": resnet18}
     size, batches, ratios = (64, (1,), (0.5,)) if quick else (224, (1, 8), (0.7, 0.5))
@@ -153,48 +230,29 @@ def bench_resnet(quick: bool, baselines: bool) -> list[dict[str, Any]]:
     for arch_name, build in archs.items():
         torch.manual_seed(0)
         base = build().eval()
-        others: dict[tuple[str, float], nn.Module] = {}
+        others: dict[tuple[str, float], nn.Module | None] = {}
         for batch in batches:
             x = (torch.randn(batch, 3, size, size),)
             macs_before = count_macs(base, x)
-            candidates: dict[str, nn.Module] = {"baseline": base}
-            info: dict[str, dict[str, Any]] = {}
-            for ratio in ratios:
-                for method, spread in SPREADS.items():
-                    model, extra = _svd_at(base, x, ratio, spread, quick)
-                    candidates[f"{method}@{ratio}"] = model
-                    info[f"{method}@{ratio}"] = {"target": ratio, "macs": count_macs(model, x), "extra": extra}
-                if baselines and not quick:
-                    target_macs = info[f"svd@{ratio}"]["macs"]
-                    for method in ("tucker", "cp", "torch-pruning"):
-                        key = (method, ratio)
-                        if key not in others:
-                            others[key] = _matched(method, base, x, target_macs)
-                        if others[key] is not None:
-                            candidates[f"{method}@{ratio}"] = others[key]
-                            info[f"{method}@{ratio}"] = {"target": ratio, "macs": count_macs(others[key], x), "extra": {}}
-            times = interleaved_latency(candidates, x, runs)
-            for name, data in info.items():
-                method = name.split("@")[0]
-                rows.append(speed_row(arch_name, batch, method, data["target"], macs_before, data["macs"],
-                                      times["baseline"], times[name], memory_format="nchw", **data["extra"]))
-            # channels_last (NHWC), the layout oneDNN convolves without reordering: model and input
-            # converted; the latency spread is decomposed again in that layout, since it times the layers.
-            to_nhwc = lambda model: copy.deepcopy(model).to(memory_format=torch.channels_last)  # noqa: E731
-            x_nhwc = (x[0].contiguous(memory_format=torch.channels_last),)
-            base_nhwc = to_nhwc(base)
-            nhwc: dict[str, nn.Module] = {"baseline": base_nhwc}
-            nhwc_info: dict[str, dict[str, Any]] = {}
-            for ratio in ratios:
-                nhwc[f"svd@{ratio}"] = to_nhwc(candidates[f"svd@{ratio}"])
-                nhwc_info[f"svd@{ratio}"] = {**info[f"svd@{ratio}"], "extra": {}}  # decomposed in NCHW above
-                model, extra = _svd_at(base_nhwc, x_nhwc, ratio, "latency", quick)
-                nhwc[f"svd-latency@{ratio}"] = model.to(memory_format=torch.channels_last)
-                nhwc_info[f"svd-latency@{ratio}"] = {"target": ratio, "macs": count_macs(model, x), "extra": extra}
-            times = interleaved_latency(nhwc, x_nhwc, runs)
-            for name, data in nhwc_info.items():
-                rows.append(speed_row(arch_name, batch, name.split("@")[0], data["target"], macs_before, data["macs"],
-                                      times["baseline"], times[name], memory_format="channels_last", **data["extra"]))
+            candidates = _resnet_candidates(base, x, ratios, quick, baselines, others)
+            for runtime in RUNTIMES:
+                with tempfile.TemporaryDirectory() as workdir:
+                    try:
+                        calls = {"baseline": runner(runtime, base, x, Path(workdir))}
+                    except (ImportError, torchslim.ExportError) as exc:
+                        print(f"  {runtime} skipped: {exc}")
+                        continue
+                    for name, data in candidates.items():
+                        try:
+                            calls[name] = runner(runtime, data["model"], x, Path(workdir))
+                        except Exception as exc:  # a third-party layer the runtime cannot take
+                            print(f"  {name} not timed in {runtime}: {type(exc).__name__}: {str(exc)[:120]}")
+                    times = interleaved_calls(calls, runs)
+                for name, data in candidates.items():
+                    if name in times:
+                        rows.append(speed_row(arch_name, batch, data["method"], data["target"], macs_before,
+                                              data["macs"], times["baseline"], times[name], runtime=runtime,
+                                              **data["extra"]))
             print(rows_table([r for r in rows if r["model"] == arch_name and r["batch"] == batch]), flush=True)
     return rows
 
@@ -432,6 +490,25 @@ def bench_time(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def combine_resnet(paths: list[Path]) -> list[dict[str, Any]]:
+    """Per ResNet row, the median speedup and realized / ideal over several runs' JSON, with the range."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for path in paths:
+        for row in json.loads(path.read_text()).get("resnet", []):
+            key = tuple(row.get(k) for k in ("model", "batch", "target_mac_ratio", "runtime", "method", "timed_in"))
+            groups.setdefault(key, []).append(row)
+    rows = []
+    for (model, batch, target, runtime, method, timed_in), group in groups.items():
+        speedups = [row["speedup"] for row in group]
+        rows.append({"model": model, "batch": batch, "target_mac_ratio": target, "runtime": runtime,
+                     "method": method, "timed_in": timed_in, "runs": len(group),
+                     "speedup": round(statistics.median(speedups), 3),
+                     "realized_over_ideal": round(statistics.median(r["realized_over_ideal"] for r in group), 3),
+                     "speedup_min": min(speedups), "speedup_max": max(speedups)})
+    print(rows_table(rows), flush=True)
+    return rows
+
+
 # ------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -439,7 +516,15 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("resnet", "baselines", "multiple", "digits", "minilm", "time"):
         parser.add_argument(f"--{flag}", action="store_true", help=f"run the {flag} section")
     parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the JSON results")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="RUN_JSON",
+                        help="run nothing: the median ResNet rows of these earlier runs' JSON files")
     args = parser.parse_args(argv)
+    if args.combine:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"combined": [str(p) for p in args.combine],
+                                         "resnet": combine_resnet(args.combine)}, indent=2))
+        print(f"wrote {args.json}")
+        return 0
     chosen = {f for f in ("resnet", "baselines", "multiple", "digits", "minilm", "time") if getattr(args, f)}
     sections = chosen or {"resnet", "baselines", "multiple", "digits", "minilm", "time"}
     if args.quick:

@@ -272,6 +272,7 @@ class SVDDecomposition:
             "mac_ratio": macs_after / macs_before if macs_before else 1.0,
             "data_aware": opts.data_aware, "spread_by": opts.spread_by, "seconds": time.perf_counter() - start,
             "spectrum_seconds": spectrum_seconds,
+            **_factorized_speed(report),
         })
         if opts.rank_rule == "mac_ratio" and saved + 1e-9 < needed:
             why = (f"{len(trial.slow)} layer(s) kept because their factors were not faster (lower min_speedup)"
@@ -575,6 +576,22 @@ class SVDDecomposition:
 
 
 _LATENCY_ROUNDS = 8
+
+
+def _factorized_speed(report: list[dict]) -> dict[str, float]:
+    """Summed timings of the factorized, timed layers: their speedup and its share of their MAC cut.
+
+    A whole-model speedup falls short of the MAC cut by the untouched work (batch norms, activations,
+    pooling, kept layers); this says how much of the cut the factorized layers themselves realized.
+    """
+    timed = [row for row in report if row["rank"] is not None and row["latency_before_ms"] is not None]
+    if not timed:
+        return {}
+    before = sum(row["latency_before_ms"] for row in timed)
+    after = sum(row["latency_after_ms"] for row in timed)
+    cut = sum(row["macs_before"] for row in timed) / max(1, sum(row["macs_after"] for row in timed))
+    return {"factorized_ms_before": before, "factorized_ms_after": after,
+            "factorized_speedup": before / after, "factorized_realized": before / after / cut}
 
 
 def _break_even(layer: _Layer) -> int:

@@ -252,6 +252,7 @@ def test_measured_latency_is_reported_and_slow_factors_are_kept_original(trained
     assert all(row["warning"].startswith("kept original") and row["rank"] is None for row in result.report)
     assert not any(isinstance(m, tuple(MODULE_KINDS)) for m in model.modules())
     assert result.info["layers_kept_slower"] == len(result.report)
+    assert "factorized_speedup" not in result.info   # nothing factorized, no speed to summarize
 
     _, kept = _run(trained_digits_cnn, _x(8), rank=2, measure_latency=True, min_speedup=0.0, min_realized=0.0,
                    latency_runs=3)
@@ -259,6 +260,12 @@ def test_measured_latency_is_reported_and_slow_factors_are_kept_original(trained
         assert row["latency_after_ms"] > 0 and row["rank"] == 2
         slower = row["latency_after_ms"] > row["latency_before_ms"]
         assert row["warning"].startswith("slower") == slower
+    # the step sums up what the factorized layers realized, so a user sees a MAC cut that bought no speed
+    before = sum(row["latency_before_ms"] for row in kept.report)
+    after = sum(row["latency_after_ms"] for row in kept.report)
+    cut = sum(row["macs_before"] for row in kept.report) / sum(row["macs_after"] for row in kept.report)
+    assert kept.info["factorized_speedup"] == pytest.approx(before / after)
+    assert kept.info["factorized_realized"] == pytest.approx(before / after / cut)
 
 
 def test_allocation_never_cuts_below_a_layers_rank_floor():
@@ -355,3 +362,6 @@ def test_bench_quick_runs(tmp_path):
     data = json.loads(out.read_text())
     assert data["quick"] is True and data["resnet"] and data["decompose_time"]
     assert "speedup" in proc.stdout
+    # the decomposed models run in every runtime timed, the deployment ones (folded batch norms) included
+    assert {row["runtime"] for row in data["resnet"] if row["method"] == "svd"} == {
+        "eager", "channels_last", "torchscript", "onnxruntime"}
