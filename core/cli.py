@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="callable returning the base model as built before compression")
     export.add_argument("--onnx", metavar="FILE", help="write an ONNX file (needs torchslim[onnx])")
     export.add_argument("--torchscript", metavar="FILE", help="write a TorchScript file (torch.jit.trace)")
+    export.add_argument("--freeze", action="store_true",
+                        help="freeze the TorchScript file for inference (batch norms folded into the convs)")
     export.add_argument("--input-shape", metavar="SHAPE",
                         help="shape of one example input, e.g. 1x3x224x224 (float32 zeros)")
     export.add_argument("--data", metavar="MODULE:FACTORY",
@@ -328,13 +330,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if not (args.onnx or args.torchscript):
         raise UsageError("nothing to export: give --onnx FILE and/or --torchscript FILE")
+    if args.freeze and not args.torchscript:
+        raise UsageError("--freeze applies to the TorchScript file: give --torchscript FILE too")
     base = _call_factory(args.model, "--model")
     model = load(args.directory, base_model=base)
     inputs = _example_inputs(args)
     if args.onnx:
         print(f"wrote {export_onnx(model, inputs, args.onnx, check=not args.no_check)}")
     if args.torchscript:
-        print(f"wrote {export_torchscript(model, inputs, args.torchscript, check=not args.no_check)}")
+        print(f"wrote {export_torchscript(model, inputs, args.torchscript, check=not args.no_check, freeze=args.freeze)}")
     return 0
 
 

@@ -134,12 +134,15 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
 
 
 def export_torchscript(model: nn.Module, example_inputs: Any, path: str | os.PathLike, check: bool = True, *,
-                       rtol: float = 1e-5, atol: float = 1e-6) -> Path:
+                       freeze: bool = False, rtol: float = 1e-5, atol: float = 1e-6) -> Path:
     """Trace ``model`` with :func:`torch.jit.trace` on ``example_inputs`` and save it at ``path``.
 
-    With ``check`` the traced module's outputs must match the model's within the tolerances.
+    With ``freeze`` the traced module is frozen (:func:`torch.jit.freeze`): weights become constants
+    and batch norms fold into the convs before them, the inference-only form to ship to a CPU (load
+    it with ``torch.jit.load``, then ``torch.jit.optimize_for_inference`` for oneDNN's fused kernels).
+    With ``check`` the saved module's outputs must match the model's within the tolerances.
     Tracing records one path through the model: data-dependent control flow is frozen to what the
-    example inputs took. Returns the path written; load it with ``torch.jit.load``.
+    example inputs took. Returns the path written.
     """
     prepared, inputs = _prepare(model), _inputs(example_inputs)
 
@@ -152,10 +155,13 @@ def export_torchscript(model: nn.Module, example_inputs: Any, path: str | os.Pat
             except Exception as exc:
                 raise ExportError(f"torch.jit.trace failed for {type(model).__name__}: "
                                   f"{type(exc).__name__}: {exc}") from exc
+            if freeze:
+                traced = torch.jit.freeze(traced)
             if check:
                 expected = [t.detach().cpu() for t in _tensors(prepared(*inputs))]
                 got = [t.detach().cpu() for t in _tensors(traced(*inputs))]
-                _compare(got, expected, rtol, atol, "the traced TorchScript module")
+                _compare(got, expected, rtol, atol, "the frozen TorchScript module" if freeze
+                         else "the traced TorchScript module")
             traced.save(str(target))
 
     return _replace_atomically(write, Path(path))

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from torchslim.cli import build_parser
 
@@ -118,6 +119,13 @@ def test_run_then_export_onnx_and_torchscript(project):
                "--onnx", "m.onnx", "--torchscript", "m.pt", cwd=project)
     assert proc.returncode == 0, proc.stderr
     assert (project / "m.onnx").stat().st_size > 0 and (project / "m.pt").stat().st_size > 0
+    frozen = cli("export", "out/model", "--model", "usermodels:build", "--data", "usermodels:data",
+                 "--torchscript", "frozen.pt", "--freeze", cwd=project)
+    assert frozen.returncode == 0, frozen.stderr
+    assert not list(torch.jit.load(str(project / "frozen.pt")).parameters())   # weights are constants
+    lone = cli("export", "out/model", "--model", "usermodels:build", "--data", "usermodels:data",
+               "--onnx", "m.onnx", "--freeze", cwd=project)
+    assert lone.returncode == 2 and "--freeze applies to the TorchScript file" in lone.stderr
     bad = cli("export", "out/model", "--model", "usermodels:build", "--onnx", "m.onnx", cwd=project)
     assert bad.returncode == 2 and "needs an example input" in bad.stderr
 

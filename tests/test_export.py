@@ -73,6 +73,19 @@ def test_torchscript_export_runs_without_torchslim_and_matches(tmp_path):
     assert parametrize.is_parametrized(model.fc1, "weight")
 
 
+def test_frozen_torchscript_folds_batch_norms_and_matches(tmp_path):
+    torch.manual_seed(0)
+    model = zoo.resnet18(classes=10).eval()
+    model.layer1[0].conv1 = lowrank.ChannelLowRankConv(64, 64, 3, rank=16, padding=1, bias=False)
+    x = torch.randn(2, 3, 32, 32)
+    path = export_torchscript(model, x, tmp_path / "frozen.pt", freeze=True)
+    frozen = torch.jit.load(str(path))
+    graph = str(frozen.graph)
+    assert "aten::_convolution" in graph and "batch_norm" not in graph   # folded into the convs, ready to ship
+    torch.testing.assert_close(frozen(x), model(x), rtol=1e-4, atol=1e-5)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())   # the caller's model untouched
+
+
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 def test_torchscript_check_rejects_a_trace_that_computes_something_else(tmp_path):
     with pytest.raises(ExportError, match="traced TorchScript module"):
