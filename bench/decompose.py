@@ -42,7 +42,7 @@ from torch import nn
 import torchslim
 from torchslim.batches import call_model
 from torchslim.decompose import GramCollector, compute_spectrum, factorize, weight_matrix
-from torchslim.export import export_onnx
+from torchslim.export import export_onnx, export_torchscript
 from torchslim.measure import count_macs
 from torchslim.plugins.svd import SVDDecomposition
 from torchslim.report import rows_table
@@ -147,12 +147,19 @@ SPREADS = {"svd": "macs", "svd-latency": "latency"}
 
 #: how the ResNet section runs each model: eager PyTorch in NCHW and in channels_last, and the two
 #: ways a CPU deployment runs it, where batch norms fold into the convs and add/ReLU fuse into them:
-#: TorchScript frozen and optimized for inference (channels_last), and ONNX Runtime (exported file)
+#: TorchScript frozen (the file ``export_torchscript(freeze=True)`` writes) and optimized for inference
+#: (channels_last), and ONNX Runtime (the file ``export_onnx`` writes)
 RUNTIMES = ("eager", "channels_last", "torchscript", "onnxruntime")
 
 
 def _channels_last(inputs: tuple) -> tuple:
     return tuple(t.contiguous(memory_format=torch.channels_last) for t in inputs)
+
+
+def _scratch(workdir: Path, suffix: str) -> str:
+    handle, name = tempfile.mkstemp(suffix=suffix, dir=workdir)
+    os.close(handle)
+    return name
 
 
 def runner(runtime: str, model: nn.Module, inputs: tuple, workdir: Path) -> Callable[[], Any]:
@@ -163,9 +170,7 @@ def runner(runtime: str, model: nn.Module, inputs: tuple, workdir: Path) -> Call
     if runtime == "onnxruntime":
         import onnxruntime
 
-        handle, name = tempfile.mkstemp(suffix=".onnx", dir=workdir)
-        os.close(handle)
-        path = export_onnx(model, inputs, name)
+        path = export_onnx(model, inputs, _scratch(workdir, ".onnx"))
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -174,9 +179,10 @@ def runner(runtime: str, model: nn.Module, inputs: tuple, workdir: Path) -> Call
     model, inputs = model.to(memory_format=torch.channels_last), _channels_last(inputs)
     if runtime == "channels_last":
         return lambda: model(*inputs)
-    with torch.no_grad(), warnings.catch_warnings():
+    with warnings.catch_warnings():   # tensorly's layers trace with TracerWarnings
         warnings.simplefilter("ignore")
-        script = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, inputs)))
+        path = export_torchscript(model, inputs, _scratch(workdir, ".pt"), freeze=True)
+    script = torch.jit.optimize_for_inference(torch.jit.load(str(path)))   # cannot be saved: done here
     return lambda: script(*inputs)
 
 
