@@ -163,11 +163,11 @@ def _scratch(workdir: Path, suffix: str) -> str:
 
 
 def runner(runtime: str, model: nn.Module, inputs: tuple, workdir: Path) -> Callable[[], Any]:
-    """A call running a copy of ``model`` on ``inputs`` in ``runtime`` (one of :data:`RUNTIMES`)."""
-    model = copy.deepcopy(model).eval()
+    """A call running ``model`` (eval mode) on ``inputs`` in ``runtime`` (one of :data:`RUNTIMES`)."""
+    model = model.eval()
     if runtime == "eager":
         return lambda: model(*inputs)
-    if runtime == "onnxruntime":
+    if runtime == "onnxruntime":   # the exporters work on their own copy
         import onnxruntime
 
         path = export_onnx(model, inputs, _scratch(workdir, ".onnx"))
@@ -176,7 +176,7 @@ def runner(runtime: str, model: nn.Module, inputs: tuple, workdir: Path) -> Call
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         feeds = {spec.name: t.numpy() for spec, t in zip(session.get_inputs(), inputs)}
         return lambda: session.run(None, feeds)
-    model, inputs = model.to(memory_format=torch.channels_last), _channels_last(inputs)
+    model, inputs = copy.deepcopy(model).to(memory_format=torch.channels_last), _channels_last(inputs)
     if runtime == "channels_last":
         return lambda: model(*inputs)
     with warnings.catch_warnings():   # tensorly's layers trace with TracerWarnings
@@ -186,13 +186,14 @@ def runner(runtime: str, model: nn.Module, inputs: tuple, workdir: Path) -> Call
     return lambda: script(*inputs)
 
 
-def _svd_at(base: nn.Module, x: tuple, ratio: float, spread: str, quick: bool) -> tuple[nn.Module, dict[str, Any]]:
-    """The svd model at ``ratio`` and what the table reports of its decomposition."""
+def _svd_at(base: nn.Module, x: tuple, ratio: float, spread: str, quick: bool) -> tuple[nn.Module, int, dict[str, Any]]:
+    """The svd model at ``ratio``, its MACs (the step counts them) and what the table reports of it."""
     start = time.perf_counter()
     model, result = svd(base, x, mac_ratio=ratio, rank_multiple=8, measure_latency=True,
                         latency_runs=3 if quick else 12, spread_by=spread)
-    return model, {"decompose_s": round(time.perf_counter() - start, 2), "layers": result.info["layers_decomposed"],
-                   "kept_slower": result.info["layers_kept_slower"]}
+    return model, result.info["macs_after"], {"decompose_s": round(time.perf_counter() - start, 2),
+                                              "layers": result.info["layers_decomposed"],
+                                              "kept_slower": result.info["layers_kept_slower"]}
 
 
 def _resnet_candidates(base: nn.Module, x: tuple, ratios: tuple, quick: bool, baselines: bool,
@@ -208,13 +209,13 @@ def _resnet_candidates(base: nn.Module, x: tuple, ratios: tuple, quick: bool, ba
             layouts = ("nchw",) if spread == "macs" else ("nchw", "channels_last")
             for layout in layouts:
                 if layout == "nchw":
-                    model, extra = _svd_at(base, x, ratio, spread, quick)
+                    model, macs, extra = _svd_at(base, x, ratio, spread, quick)
                 else:
                     nhwc = copy.deepcopy(base).to(memory_format=torch.channels_last)
-                    model, extra = _svd_at(nhwc, _channels_last(x), ratio, spread, quick)
+                    model, macs, extra = _svd_at(nhwc, _channels_last(x), ratio, spread, quick)
                     model = model.to(memory_format=torch.contiguous_format)
                 key = f"{method}@{ratio}" + ("" if layout == "nchw" else "/cl")
-                out[key] = {"model": model, "method": method, "target": ratio, "macs": count_macs(model, x),
+                out[key] = {"model": model, "method": method, "target": ratio, "macs": macs,
                             "extra": {"timed_in": layout if spread == "latency" else None, **extra}}
         if baselines and not quick:
             target_macs = out[f"svd@{ratio}"]["macs"]
