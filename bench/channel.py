@@ -37,7 +37,7 @@ from tabulate import tabulate
 from torch import nn
 
 import torchslim
-from torchslim.data import digits_loaders
+from torchslim.demo import digits_loaders
 from torchslim.measure import count_macs, count_nonzeros, count_params, measure_latency
 from torchslim.zoo import DigitsCNN, resnet18, resnet50
 

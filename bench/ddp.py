@@ -39,7 +39,7 @@ def worker(args: argparse.Namespace) -> int:
 
     import torchslim
     from torchslim import distributed
-    from torchslim.data import digits_loaders
+    from torchslim.demo import digits_loaders
     from torchslim.zoo import DigitsCNN
 
     torch.set_num_threads(args.threads)

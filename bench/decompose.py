@@ -41,11 +41,12 @@ from torch import nn
 
 import torchslim
 from torchslim.batches import call_model
-from torchslim.decompose import GramCollector, compute_spectrum, factorize, weight_matrix
+from torchslim.plugins.svd.calibration import GramCollector
+from torchslim.plugins.svd.spectra import compute_spectrum, factorize, weight_matrix
 from torchslim.export import export_onnx, export_torchscript
 from torchslim.measure import count_macs
-from torchslim.plugins.svd import SVDDecomposition
-from torchslim.report import rows_table
+from torchslim.plugins.svd import decompose
+from torchslim.tables import rows_table
 from torchslim.zoo import DigitsCNN, resnet18, resnet50
 
 RESULTS = Path(__file__).resolve().parent / "results" / "decompose.json"
@@ -79,7 +80,7 @@ def interleaved_latency(models: dict[str, nn.Module], inputs: tuple, runs: int, 
 def svd(model: nn.Module, inputs: Any, calibration=(), targets=None, **options) -> tuple[nn.Module, torchslim.StepResult]:
     """A decomposed copy of ``model`` and the step result."""
     model = copy.deepcopy(model)
-    result = SVDDecomposition().decompose(model, inputs, options, calibration=calibration, targets=targets)
+    result = decompose(model, inputs, options, calibration=calibration, targets=targets)
     return model, result
 
 
@@ -299,7 +300,7 @@ def bench_multiple(quick: bool) -> dict[str, Any]:
     torch.manual_seed(0)
     conv = nn.Conv2d(256, 256, 3, padding=1, bias=False).eval()
     x = (torch.randn(1 if quick else 8, 256, 14, 14),)
-    spectrum = compute_spectrum(weight_matrix(conv, "channel"), "channel")
+    spectrum = compute_spectrum(weight_matrix(conv, "weight"), "weight")
     ranks = (56, 64) if quick else tuple(range(56, 73))
     layers = {f"rank {r}": factorize(conv, spectrum, r) for r in ranks}
     times = interleaved_latency({"original": conv, **layers}, x, runs)
@@ -324,7 +325,7 @@ def _train_digits(width: int, epochs: int, train) -> nn.Module:
 
 
 def bench_digits(quick: bool) -> list[dict[str, Any]]:
-    from torchslim.data import digits_loaders
+    from torchslim.demo import digits_loaders
 
     train, test = digits_loaders(batch_size=64, seed=0)
     model = _train_digits(8 if quick else 32, 1 if quick else 6, train)
@@ -471,7 +472,7 @@ def bench_time(quick: bool) -> list[dict[str, Any]]:
                  "seconds": round(time.perf_counter() - start, 2), "spectrum_seconds": None, "layers_decomposed": 0})
     settings = [("channel, mac_ratio 0.5", {"mac_ratio": 0.5}), ("channel, rank_ratio 0.5", {"rank_ratio": 0.5})]
     if not quick:
-        settings += [("auto kind, mac_ratio 0.5", {"mac_ratio": 0.5, "kind": "auto"}),
+        settings += [("auto factorization, mac_ratio 0.5", {"mac_ratio": 0.5, "factorization": "auto"}),
                      ("data-aware, mac_ratio 0.5", {"mac_ratio": 0.5, "data_aware": True})]
     for label, options in settings:
         start = time.perf_counter()

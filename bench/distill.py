@@ -35,7 +35,7 @@ from tabulate import tabulate
 from torch import nn
 
 import torchslim
-from torchslim.data import digits_loaders
+from torchslim.demo import digits_loaders
 from torchslim.zoo import DigitsCNN
 
 RESULTS = Path(__file__).resolve().parent / "results"

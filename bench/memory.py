@@ -62,7 +62,7 @@ def child(case: str, width: int, size: int, threads: int) -> dict[str, Any]:
     import torch
 
     import torchslim
-    from torchslim.instrument import reset_peak_memory
+    from torchslim.memory import reset_peak_memory
     from torchslim.zoo import resnet50
 
     torch.set_num_threads(threads)

@@ -46,7 +46,7 @@ from torch.nn.utils import prune as torch_prune
 
 import torchslim
 from torchslim.context import RunContext
-from torchslim.data import digits_loaders
+from torchslim.demo import digits_loaders
 from torchslim.io import saved_size_bytes
 from torchslim.plugins.finetune import SGDFinetune
 from torchslim.plugins.magnitude import prune

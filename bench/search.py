@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import torchslim
 from torchslim.demo import trained_digits_model
-from torchslim.report import rows_table
+from torchslim.tables import rows_table
 from torchslim.zoo import resnet18
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -6,10 +6,16 @@ Quick start::
     engine = torchslim.Engine()
     result = engine.run(model, "recipe.yaml", train_data=train, eval_data=test)
     print(result.table())
+
+The layers (see docs/architecture.md): the contract (:mod:`.hookspecs`), the plugin registry
+(:mod:`.registry`), the engine (:mod:`.engine`), and the shared machinery every plugin may use
+(recipes, context, results, masks, module surgery, measurement, save/load in :mod:`.io`). Built-in
+methods live in ``torchslim.plugins`` and reach the engine only through the registry.
 """
 
 from __future__ import annotations
 
+from . import _aliases, masks
 from .context import RunContext
 from .engine import Engine
 from .errors import (
@@ -24,16 +30,18 @@ from .errors import (
 )
 from .hookspecs import hookimpl, hookspec
 from .io import load, save
-from .registry import PluginRegistry
 from .recipe import Constraints, Evaluation, Recipe, Step, Targets
+from .registry import PluginRegistry
 from .results import RunResult, StepRecord, StepResult
 from .targets import select_modules
 
-__version__ = "0.1.0"
+_aliases.install()
+
+__version__ = "0.2.0"
 
 __all__ = [
     "Constraints", "DataError", "ExportError", "Engine", "Evaluation", "ModelError", "PluginError", "PluginRegistry",
     "Recipe", "RecipeError", "RunContext", "RunResult", "SaveLoadError", "Step", "StepError",
     "StepRecord", "StepResult", "Targets", "TorchslimError", "hookimpl", "hookspec", "load", "save",
-    "select_modules", "__version__",
+    "masks", "select_modules", "__version__",
 ]

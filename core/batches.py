@@ -1,7 +1,13 @@
-"""How torchslim reads a batch: ``(inputs, target)`` pairs, tuples of inputs, or dicts of inputs."""
+"""How torchslim reads a batch: ``(inputs, target)`` pairs, tuples of inputs, or dicts of inputs.
+
+Model inputs are either positional (a tensor, or a tuple of them: ``model(*inputs)``) or keyword (a
+mapping such as a tokenizer's ``BatchEncoding``: ``model(**inputs)``). :func:`as_inputs` puts any of
+them in one of the two forms, and every part of torchslim calls models through :func:`call_model`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Iterable, Iterator
 
 import torch
@@ -18,7 +24,7 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
     """
     if isinstance(batch, torch.Tensor):
         return batch, None
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "target")}
         return inputs, batch.get("labels", batch.get("target"))
     if isinstance(batch, (tuple, list)):
@@ -33,8 +39,8 @@ def split_batch(batch: Any) -> tuple[Any, Any]:
 
 
 def call_model(model: nn.Module, inputs: Any) -> Any:
-    """Call ``model`` with ``inputs``: a tensor, a tuple of positional inputs, or a dict of keywords."""
-    if isinstance(inputs, dict):
+    """Call ``model`` with ``inputs``: a tensor, a tuple of positional inputs, or a mapping of keywords."""
+    if isinstance(inputs, Mapping):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
@@ -45,25 +51,31 @@ def to_device(value: Any, device: torch.device | str) -> Any:
     """Move a tensor, or the tensors inside tuples/lists/dicts, to ``device``."""
     if isinstance(value, (torch.Tensor, nn.utils.rnn.PackedSequence)):
         return value.to(device)
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {k: to_device(v, device) for k, v in value.items()}
     if isinstance(value, (tuple, list)):
         return type(value)(to_device(v, device) for v in value)
     return value
 
 
+def tensors_in(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a (nested) input or output, in order: tensors, dicts (``ModelOutput`` too), tuples,
+    lists, and objects with ``to_tuple()``."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from tensors_in(item)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from tensors_in(item)
+    elif callable(getattr(value, "to_tuple", None)):
+        yield from tensors_in(value.to_tuple())
+
+
 def first_tensor(value: Any) -> torch.Tensor | None:
     """The first tensor found in a (nested) input, or None."""
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (tuple, list)):
-        for item in value:
-            found = first_tensor(item)
-            if found is not None:
-                return found
-    return None
+    return next(tensors_in(value), None)
 
 
 def batch_size(inputs: Any) -> int:
@@ -86,22 +98,44 @@ def iterate(data: Iterable | None, name: str, limit: int | None = None) -> Itera
         raise DataError(f"{name} yielded no batches; pass a non-empty DataLoader")
 
 
-def example_inputs_from(example_inputs: Any, *loaders: Iterable | None) -> tuple:
-    """``example_inputs`` as a tuple, or the inputs of the first batch of the first non-None loader."""
+def as_inputs(value: Any) -> tuple | dict:
+    """Model inputs in one of the two forms: a tuple of positional inputs, or a dict of keyword inputs.
+
+    A tensor becomes a 1-tuple, a list a tuple, and a mapping (a dict, a tokenizer's ``BatchEncoding``)
+    a plain dict, so ``call_model`` passes its entries as keywords rather than the mapping positionally.
+    """
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (tuple, list)):
+        return tuple(value)
+    return (value,)
+
+
+def has_inputs(value: Any) -> bool:
+    """True when ``value`` holds model inputs (not None, not an empty tuple or mapping)."""
+    if value is None:
+        return False
+    if isinstance(value, (tuple, list, Mapping)):
+        return len(value) > 0
+    return True
+
+
+def example_inputs_from(example_inputs: Any, *loaders: Iterable | None) -> tuple | dict:
+    """``example_inputs`` in :func:`as_inputs` form, or the inputs of the first batch of the first loader.
+
+    Returns ``()`` when there is neither.
+    """
     if example_inputs is not None:
-        return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+        return as_inputs(example_inputs)
     for loader in loaders:
         if loader is None:
             continue
         for batch in loader:
             inputs, _ = split_batch(batch)
-            return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+            return as_inputs(inputs)
     return ()
 
 
 def float_tensors(output: Any) -> list[torch.Tensor]:
     """The floating-point tensors of a model output (tensor, tuple, list or dict), flattened and detached."""
-    if isinstance(output, torch.Tensor):
-        return [output.detach().float()] if output.is_floating_point() else []
-    values = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else ()
-    return [tensor for value in values for tensor in float_tensors(value)]
+    return [tensor.detach().float() for tensor in tensors_in(output) if tensor.is_floating_point()]

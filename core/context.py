@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -23,7 +24,8 @@ class RunContext:
     Attributes:
         train_data: iterable of training batches (``(inputs, target)`` by default), or None.
         eval_data: iterable of evaluation batches, or None.
-        example_inputs: a tuple of positional inputs for one forward pass (shape probes, MACs, latency).
+        example_inputs: the inputs of one forward pass (shape probes, MACs, latency): a tuple of
+            positional inputs or a dict of keyword inputs (see :func:`torchslim.batches.as_inputs`).
         original_model: the untouched input model in eval mode with gradients off (teacher, calibration).
             It is a copy, made on first access (so runs that never ask for it do not hold a second
             copy in memory): plugins must not change it.
@@ -40,7 +42,7 @@ class RunContext:
 
     train_data: Iterable | None = None
     eval_data: Iterable | None = None
-    example_inputs: tuple = ()
+    example_inputs: tuple | dict = ()
     original_factory: Callable[[], nn.Module] | None = field(default=None, repr=False)
     _original: nn.Module | None = field(default=None, repr=False)
     loss_fn: LossFn | None = None
@@ -80,7 +82,7 @@ class RunContext:
         """The task loss: the user's ``loss_fn`` or cross-entropy on logits."""
         if self.loss_fn is not None:
             return self.loss_fn(output, target)
-        if isinstance(output, dict) and "logits" in output:
+        if isinstance(output, Mapping) and "logits" in output:
             output = output["logits"]
         return nn.functional.cross_entropy(output, target)
 
@@ -92,7 +94,7 @@ class RunContext:
         data = self.train_data if self.train_data is not None else self.eval_data
         if data is None:
             if self.example_inputs:
-                yield to_device(tuple(self.example_inputs), self.device)
+                yield to_device(self.example_inputs, self.device)
             return
         for batch in iterate(data, "train_data", limit=count):
             inputs, _ = split_batch(batch)
@@ -123,7 +125,7 @@ class RunContext:
 
 def describe_mismatch(inputs: Any, example_inputs: tuple) -> str | None:
     """How ``inputs`` differ from ``example_inputs`` beyond the batch size, or None when they agree."""
-    got, want = first_tensor(inputs), first_tensor(tuple(example_inputs))
+    got, want = first_tensor(inputs), first_tensor(example_inputs)
     if got is None or want is None:
         return None
     if tuple(got.shape[1:]) == tuple(want.shape[1:]) and got.dtype == want.dtype:

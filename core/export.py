@@ -14,14 +14,16 @@ import copy
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from . import masks
 from .errors import ExportError
-from .io import own_parametrized_classes
+from .batches import tensors_in
+from .io.atomic import replace_file_atomically
+from .surgery import own_parametrized_classes
 
 __all__ = ["ExportError", "export_onnx", "export_torchscript"]
 
@@ -40,18 +42,6 @@ def _prepare(model: nn.Module) -> nn.Module:
     return masks.finalize(replica).eval()
 
 
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    """The tensors of a (nested) model output, in order."""
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _tensors(item)
-    elif isinstance(value, (tuple, list)):
-        for item in value:
-            yield from _tensors(item)
-
-
 def _compare(got: list[torch.Tensor], expected: list[torch.Tensor], rtol: float, atol: float, what: str) -> None:
     if len(got) != len(expected):
         raise ExportError(f"{what} returns {len(got)} outputs, the model returns {len(expected)}")
@@ -63,19 +53,6 @@ def _compare(got: list[torch.Tensor], expected: list[torch.Tensor], rtol: float,
             worst = float((a.double() - b.double()).abs().max())
             raise ExportError(f"{what}: output {index} differs from PyTorch's by up to {worst:.3g} "
                               f"(allowed: atol={atol}, rtol={rtol})")
-
-
-def _replace_atomically(write, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_name(f".{path.name}.torchslim-tmp-{os.getpid()}")
-    try:
-        write(scratch)
-        with open(scratch, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(scratch, path)
-    finally:
-        scratch.unlink(missing_ok=True)
-    return path
 
 
 def _require_onnx() -> tuple[Any, Any]:
@@ -101,7 +78,7 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
     onnx, onnxruntime = _require_onnx()
     prepared, inputs = _prepare(model), _inputs(example_inputs)
     with torch.no_grad():
-        expected = [t.detach().cpu() for t in _tensors(prepared(*inputs))]
+        expected = [t.detach().cpu() for t in tensors_in(prepared(*inputs))]
     tensor_inputs = [t for t in inputs if isinstance(t, torch.Tensor)]
     input_names = [f"input{i}" for i in range(len(tensor_inputs))]
     output_names = [f"output{i}" for i in range(len(expected))]
@@ -130,7 +107,7 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
         got = [torch.from_numpy(array) for array in session.run(None, feeds)]
         _compare(got, expected, rtol, atol, "ONNX Runtime")
 
-    return _replace_atomically(write, Path(path))
+    return replace_file_atomically(write, Path(path))
 
 
 def export_torchscript(model: nn.Module, example_inputs: Any, path: str | os.PathLike, check: bool = True, *,
@@ -161,10 +138,10 @@ def export_torchscript(model: nn.Module, example_inputs: Any, path: str | os.Pat
             if freeze:
                 traced = torch.jit.freeze(traced)
             if check:
-                expected = [t.detach().cpu() for t in _tensors(prepared(*inputs))]
-                got = [t.detach().cpu() for t in _tensors(traced(*inputs))]
+                expected = [t.detach().cpu() for t in tensors_in(prepared(*inputs))]
+                got = [t.detach().cpu() for t in tensors_in(traced(*inputs))]
                 _compare(got, expected, rtol, atol, "the frozen TorchScript module" if freeze
                          else "the traced TorchScript module")
             traced.save(str(target))
 
-    return _replace_atomically(write, Path(path))
+    return replace_file_atomically(write, Path(path))

@@ -36,7 +36,7 @@ from .errors import ModelError
 
 __all__ = [
     "Mask", "apply_mask", "get_mask", "masked_parameters", "finalize", "underlying_tensor",
-    "parameter_holders", "mask_module",
+    "parameter_holders", "mask_module", "write_weight",
 ]
 
 
@@ -91,6 +91,30 @@ def underlying_tensor(module: nn.Module, name: str) -> torch.Tensor:
     if plist is not None:
         return plist.original
     return getattr(module, name)
+
+
+def write_weight(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Set ``module.<name>`` as the module should see it, whether or not a :class:`Mask` holds it.
+
+    ``module.weight.copy_(new)`` or ``module.weight.mul_(f)`` on a masked layer write into a temporary
+    (the product ``original * mask`` computed on access) and change nothing. This writes ``value`` into
+    the stored tensor instead; masked entries stay zero (the mask is kept and the stored value zeroed
+    there), so a method may run after a pruning step without undoing it. For a plain parameter it is
+    an in-place copy. No gradient is recorded.
+
+    >>> layer = nn.Linear(4, 2)
+    >>> _ = apply_mask(layer, "weight", torch.tensor([[1, 0, 1, 0], [0, 1, 1, 1]], dtype=torch.bool))
+    >>> write_weight(layer, "weight", torch.ones(2, 4))
+    >>> layer.weight.sum().item()
+    5.0
+    """
+    stored = underlying_tensor(module, name)
+    if tuple(value.shape) != tuple(stored.shape):
+        raise ModelError(f"write_weight: {type(module).__name__}.{name} has shape {tuple(stored.shape)}, "
+                         f"the new value {tuple(value.shape)}")
+    mask = get_mask(module, name)
+    with torch.no_grad():
+        stored.copy_(value if mask is None else value * mask)
 
 
 def parameter_holders(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str]]]:

@@ -23,6 +23,7 @@ the usual convention (fvcore, ptflops). Pruning masks do not reduce MACs: masked
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 import statistics
 import time
 from typing import Any, Iterator
@@ -32,12 +33,13 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .batches import call_model, first_tensor, to_device
+from .batches import as_inputs, call_model, first_tensor, to_device
 from .errors import DataError
+from .surgery import model_device
 
 __all__ = [
     "count_macs", "count_nonzeros", "count_params", "effective_tensors", "eval_mode", "measure_latency",
-    "module_input_shapes", "rnn_macs",
+    "mha_fastpath_disabled", "module_input_shapes", "rnn_macs",
 ]
 
 #: Gate count per recurrent mode: how many ``hidden``-sized blocks ``weight_ih`` stacks.
@@ -106,29 +108,20 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def _as_call(inputs: Any) -> Any:
-    """Normalise example inputs: a tensor becomes a 1-tuple; tuples, lists and dicts stay."""
-    if isinstance(inputs, torch.Tensor):
-        return (inputs,)
-    if isinstance(inputs, (tuple, list, dict)):
-        return inputs
+    """Normalise example inputs (:func:`~torchslim.batches.as_inputs`): a tensor becomes a 1-tuple, a
+    mapping (dict, ``BatchEncoding``) a dict of keyword inputs."""
+    if isinstance(inputs, (torch.Tensor, tuple, list, Mapping)):
+        return as_inputs(inputs)
     raise DataError(
         f"example_inputs must be a tensor, a tuple of positional inputs or a dict of keyword inputs; "
         f"got {type(inputs).__name__}"
     )
 
 
-def _model_device(model: nn.Module) -> torch.device | None:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return None
-
-
 def _describe(inputs: Any) -> str:
     if isinstance(inputs, torch.Tensor):
         return f"{tuple(inputs.shape)} {str(inputs.dtype).replace('torch.', '')}"
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):
         return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in inputs.items()) + "}"
     if isinstance(inputs, (tuple, list)):
         return "(" + ", ".join(_describe(v) for v in inputs) + ")"
@@ -146,21 +139,10 @@ def _run(model: nn.Module, inputs: Any, purpose: str) -> Any:
         ) from exc
 
 
-def _to_device(value: Any, device: torch.device) -> Any:
-    # PackedSequence is a namedtuple that cannot be rebuilt element-wise; it moves itself.
-    if isinstance(value, nn.utils.rnn.PackedSequence):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (tuple, list)):
-        return type(value)(_to_device(v, device) for v in value)
-    return to_device(value, device)
-
-
 def _prepare(model: nn.Module, example_inputs: Any) -> Any:
     inputs = _as_call(example_inputs)
-    device = _model_device(model)
-    return _to_device(inputs, device) if device is not None else inputs
+    device = model_device(model, default=None)
+    return to_device(inputs, device) if device is not None else inputs
 
 
 # --------------------------------------------------------------------------- MACs
@@ -206,9 +188,12 @@ def _custom_formulas() -> dict:
 
 
 @contextlib.contextmanager
-def _mha_fastpath_disabled() -> Iterator[None]:
-    # The fused MHA/TransformerEncoderLayer kernels have no FLOP formula; the unfused path computes
-    # the same products with ops the counter knows.
+def mha_fastpath_disabled() -> Iterator[None]:
+    """Switch off the fused ``nn.MultiheadAttention``/``TransformerEncoderLayer`` fast path for the block.
+
+    The fused kernels have no FLOP formula and hide their projections from forward hooks; the unfused
+    path computes the same products with ops the counter knows, through the child modules.
+    """
     mha = getattr(torch.backends, "mha", None)
     if mha is None or not hasattr(mha, "set_fastpath_enabled"):
         yield
@@ -248,7 +233,7 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
             handles.append(module.register_forward_pre_hook(before))
             handles.append(module.register_forward_hook(after))
     try:
-        with eval_mode(model), torch.no_grad(), _mha_fastpath_disabled(), counter:
+        with eval_mode(model), torch.no_grad(), mha_fastpath_disabled(), counter:
             _run(model, inputs, "count_macs")
     finally:
         for handle in handles:
@@ -272,7 +257,7 @@ def measure_latency(model: nn.Module, example_inputs: Any, runs: int = 20, warmu
     if threads is not None and threads < 1:
         raise ValueError(f"threads={threads} must be >= 1 (or None to keep the current setting)")
     inputs = _prepare(model, example_inputs)
-    device = _model_device(model)
+    device = model_device(model, default=None)
     sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
     previous_threads = torch.get_num_threads()
     times: list[float] = []

@@ -9,8 +9,11 @@ check needs nothing from plugins beyond the stage hook they already implement:
 - *skipped* layers and their reasons are the step's :attr:`~torchslim.StepResult.skipped`;
 - a step that raises is reported as "cannot handle" with its error, and the check goes on from the
   model before that step;
-- MACs (:func:`torchslim.measure.count_macs`), parameters and saved size
-  (:func:`torchslim.io.saved_size_bytes`) are measured before and after every step.
+- the costs are measured before and after every step by the installed evaluators whose metrics are
+  all lower-is-better (MACs, parameters, non-zeros, saved size, latency, and any third party's),
+  exactly as a run measures them;
+- the engine's own checks apply: a step whose model no longer runs on the example inputs, or whose
+  outputs change shape, cannot handle this model.
 
 >>> report = preflight(engine, model, "recipe.yaml", example_inputs=(x,))   # doctest: +SKIP
 >>> print(report.table())                                                   # doctest: +SKIP
@@ -28,13 +31,12 @@ from tabulate import tabulate
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .batches import call_model, example_inputs_from
+from .batches import example_inputs_from
 from .errors import TorchslimError
-from .measure import count_macs, count_params
 from .recipe import Recipe, Step, step_to_dict
 from .targets import is_internal
 
-#: Step stages that are dry-run; the others are listed only.
+#: Step stages that are dry-run; the others (fine-tuning, deploy) are listed only.
 DRY_RUN_STAGES = ("compress", "accelerate")
 OK, NOT_RUN, CANNOT = "ok", "not run", "cannot handle"
 
@@ -43,10 +45,11 @@ OK, NOT_RUN, CANNOT = "ok", "not run", "cannot handle"
 class StepPreview:
     """What one recipe step would do: its status, touched and skipped layers, and the measured change.
 
-    ``status`` is ``"ok"``, ``"not run"`` (fine-tune steps) or ``"cannot handle"`` (the step raised;
-    ``error`` holds the message). ``touched`` maps a layer name to what changed in it;
-    ``skipped`` holds the ``(layer, reason)`` pairs the method reported. ``before``/``after`` hold
-    ``macs``, ``params`` and ``size_bytes`` (``macs`` is None without example inputs).
+    ``status`` is ``"ok"``, ``"not run"`` (fine-tune and deploy steps) or ``"cannot handle"`` (the step
+    raised; ``error`` holds the message). ``touched`` maps a layer name to what changed in it;
+    ``skipped`` holds the ``(layer, reason)`` pairs the method reported. ``before``/``after`` hold the
+    cost metrics (``macs``, ``params``, ``size_bytes``, ...; a metric is missing where it cannot be
+    measured, e.g. MACs without example inputs).
     """
 
     index: int
@@ -73,9 +76,10 @@ class StepPreview:
 class PreflightReport:
     """The outcome of :func:`preflight`: one :class:`StepPreview` per recipe step, plus totals."""
 
-    baseline: dict[str, int | None]
+    baseline: dict[str, float | None]
     steps: list[StepPreview]
     search: str | None = None
+    metrics: list[str] = field(default_factory=list)
 
     @property
     def final(self) -> dict[str, int | None]:
@@ -89,8 +93,8 @@ class PreflightReport:
         return all(s.status != CANNOT for s in self.steps)
 
     def ratios(self) -> dict[str, float | None]:
-        """Final / baseline for ``macs``, ``params`` and ``size_bytes`` (None where unmeasured)."""
-        return {k: _ratio(self.baseline.get(k), self.final.get(k)) for k in ("macs", "params", "size_bytes")}
+        """Final / baseline for every cost metric measured (None where unmeasured)."""
+        return {k: _ratio(self.baseline.get(k), self.final.get(k)) for k in self.metrics}
 
     def to_dict(self) -> dict[str, Any]:
         """The whole report as JSON-serialisable data."""
@@ -99,12 +103,12 @@ class PreflightReport:
 
     def table(self, tablefmt: str = "simple", max_layers: int = 8) -> str:
         """A summary table (one row per step) followed by the touched, skipped and failing layers."""
-        rows = [["baseline", "", "", "", *(_amount(self.baseline.get(k)) for k in _MEASURES)]]
+        rows = [["baseline", "", "", "", *(_amount(self.baseline.get(k)) for k in self.metrics)]]
         for s in self.steps:
-            cells = [_change(s.before.get(k), s.after.get(k)) if s.status == OK else "" for k in _MEASURES]
+            cells = [_change(s.before.get(k), s.after.get(k)) if s.status == OK else "" for k in self.metrics]
             counts = [str(len(s.touched)), str(len(s.skipped))] if s.status == OK else ["", ""]
             rows.append([f"{s.index} {s.label}", s.status, *counts, *cells])
-        text = tabulate(rows, headers=["step", "status", "touched", "skipped", "MACs", "params", "size"],
+        text = tabulate(rows, headers=["step", "status", "touched", "skipped", *self.metrics],
                         tablefmt=tablefmt, disable_numparse=True)
         lines = []
         for s in self.steps:
@@ -125,9 +129,6 @@ class PreflightReport:
         return text + ("\n\n" + "\n".join(lines) if lines else "")
 
 
-_MEASURES = ("macs", "params", "size_bytes")
-
-
 def preflight(engine: Any, model: nn.Module, recipe: Recipe | dict | str, example_inputs: Any = None, *,
               train_data: Iterable | None = None, eval_data: Iterable | None = None,
               seed: int = 0) -> PreflightReport:
@@ -143,9 +144,13 @@ def preflight(engine: Any, model: nn.Module, recipe: Recipe | dict | str, exampl
     raw_steps = _raw_steps(validated)
     example_inputs = example_inputs_from(example_inputs, eval_data, train_data)
     seed = validated.seed if validated.seed is not None else seed
+    costs = cost_evaluators(engine.registry, validated.evaluate)
+    # a preview: fewer timed runs than a real evaluation
+    evaluation = validated.evaluation.model_copy(update={"latency_runs": min(validated.evaluation.latency_runs, 5)})
+    data = {"train_data": train_data, "eval_data": eval_data, "example_inputs": example_inputs}
 
     current = model
-    baseline = _measure(current, example_inputs)
+    baseline = engine.run(model, Recipe(steps=[], evaluate=costs, evaluation=evaluation), **data).baseline
     previews: list[StepPreview] = []
     for index, (step, raw) in enumerate(zip(validated.steps, raw_steps), start=1):
         preview = StepPreview(index=index, label=step.label, stage=step.stage, status=NOT_RUN)
@@ -153,11 +158,10 @@ def preflight(engine: Any, model: nn.Module, recipe: Recipe | dict | str, exampl
         if step.stage not in DRY_RUN_STAGES:
             continue
         preview.before = _start_measures(previews[:-1], baseline)
-        single = Recipe(steps=[raw], evaluate=[], evaluation=validated.evaluation, seed=seed + index - 1)
+        single = Recipe(steps=[raw], evaluate=costs, evaluation=evaluation, seed=seed + index - 1)
         start = time.perf_counter()
         try:
-            result = engine.run(current, single, train_data=train_data, eval_data=eval_data,
-                                example_inputs=example_inputs)
+            result = engine.run(current, single, **data)
         except TorchslimError as exc:
             preview.status, preview.error = CANNOT, _strip_step(_one_line(exc), step.label)
             continue
@@ -170,25 +174,13 @@ def preflight(engine: Any, model: nn.Module, recipe: Recipe | dict | str, exampl
         preview.status = OK
         preview.skipped = [tuple(s) for s in record.skipped]
         preview.touched = changed_layers(current, result.model)
-        try:
-            _forward(result.model, example_inputs)
-            preview.after = _measure(result.model, example_inputs)
-        except _ForwardFailed as exc:
-            cause = exc.__cause__
-            preview.status = CANNOT
-            preview.error = (f"the model this step returns fails on the example inputs in eval mode: "
-                             f"{type(cause).__name__}: {_one_line(cause)}")
-            continue
-        except Exception as exc:  # noqa: BLE001 - reported, as for a failing step
-            preview.status = CANNOT
-            preview.error = f"the model this step returns cannot be measured: {type(exc).__name__}: {_one_line(exc)}"
-            continue
+        preview.after = dict(record.metrics)
         current = result.model
     search = None
     if validated.search is not None:
         methods = ", ".join(s.label for s in validated.search.methods)
         search = f"search ({methods}, target {validated.search.target}) is not dry-run: it runs after the steps"
-    return PreflightReport(baseline=baseline, steps=previews, search=search)
+    return PreflightReport(baseline=baseline, steps=previews, search=search, metrics=list(baseline))
 
 
 def _start_measures(previews: list[StepPreview], baseline: dict[str, int | None]) -> dict[str, int | None]:
@@ -255,23 +247,6 @@ def _base_class(module: nn.Module) -> type:
     return cls.__bases__[0] if parametrize.is_parametrized(module) else cls
 
 
-class _ForwardFailed(Exception):
-    """The stepped model could not run a plain forward pass."""
-
-
-def _forward(model: nn.Module, example_inputs: tuple) -> None:
-    """Run the model as the evaluators will (eval mode, no grad, fused kernels allowed); raise on failure."""
-    if not example_inputs:
-        return
-    from .measure import eval_mode
-
-    try:
-        with eval_mode(model), torch.no_grad():
-            call_model(model, example_inputs)
-    except Exception as exc:  # noqa: BLE001 - any failure here is the step's fault
-        raise _ForwardFailed() from exc
-
-
 def _strip_step(message: str, label: str) -> str:
     """Drop the engine's "step 1 (label)" prefix: the dry run is step 1 of its own one-step recipe."""
     for prefix in (f"step 1 ({label}) failed in ", f"step 1 ({label}): "):
@@ -280,11 +255,15 @@ def _strip_step(message: str, label: str) -> str:
     return message
 
 
-def _measure(model: nn.Module, example_inputs: tuple) -> dict[str, int | None]:
-    from .io import saved_size_bytes
-
-    macs = count_macs(model, example_inputs) if example_inputs else None
-    return {"macs": macs, "params": count_params(model), "size_bytes": int(saved_size_bytes(model))}
+def cost_evaluators(registry: Any, listed: Iterable[str] | None) -> list[str]:
+    """Evaluators whose metrics are all lower-is-better (costs): the default ones plus those ``listed``."""
+    names = list(registry.default_evaluators()) + [n for n in (listed or []) if n not in registry.default_evaluators()]
+    costs = []
+    for name in names:
+        metrics = getattr(registry.infos[name].obj, "metrics", {}) or {}
+        if metrics and all(direction == "lower" for direction in metrics.values()):
+            costs.append(name)
+    return costs
 
 
 def _raw_steps(validated: Recipe) -> list[Step]:
@@ -305,6 +284,10 @@ def _ratio(before: int | None, after: int | None) -> float | None:
 def _amount(value: int | None) -> str:
     if value is None:
         return "-"
+    if float(value).is_integer():
+        value = int(value)
+    else:
+        return f"{value:.3g}"
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(value) >= scale:
             return f"{value / scale:.2f}{unit}"

@@ -18,21 +18,17 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from .errors import RecipeError
 from .hookspecs import STAGES
+from .schema import StrictModel
 
-Stage = Literal["compress", "accelerate", "finetune"]
-
-DEFAULT_EVALUATORS = ["accuracy", "params", "nonzeros", "macs", "latency", "size"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+Stage = Literal[STAGES]  # type: ignore[valid-type]  # the stages the contract defines
 
 
-class Targets(_Strict):
+
+class Targets(StrictModel):
     """Which modules a step touches: name globs and module types, each optional.
 
     ``include``/``exclude`` are :mod:`fnmatch` globs on qualified module names (``layer1.0.conv1``);
@@ -51,7 +47,7 @@ class Targets(_Strict):
         return [value] if isinstance(value, str) else value
 
 
-class Step(_Strict):
+class Step(StrictModel):
     """One recipe step: a stage, the method (plugin name) that runs it, its options and targets."""
 
     stage: Stage = Field(description="compress, accelerate or finetune (the key of the step mapping)")
@@ -88,7 +84,7 @@ class Step(_Strict):
         return f"{self.stage}/{self.method}"
 
 
-class Constraints(_Strict):
+class Constraints(StrictModel):
     """Conditions the final model must meet, relative to the baseline.
 
     ``max_drop``: metric -> largest allowed worsening (absolute; for a higher-is-better metric a drop,
@@ -118,7 +114,7 @@ class Constraints(_Strict):
         return value
 
 
-class Evaluation(_Strict):
+class Evaluation(StrictModel):
     """Settings shared by evaluators."""
 
     latency_runs: int = Field(20, ge=1, description="timed runs; the median is reported")
@@ -127,11 +123,8 @@ class Evaluation(_Strict):
     max_eval_batches: int | None = Field(None, ge=1, description="cap on eval batches (default: all)")
 
 
-TARGET_ALIASES = {"size": "size_bytes", "latency": "latency_ms"}
-SEARCH_TARGETS = ("macs", "params", "nonzeros", "size_bytes", "latency_ms")
 
-
-class Search(_Strict):
+class Search(StrictModel):
     """Automatic strategy search: meet ``target`` at the least predicted loss, then fine-tune and check.
 
     ``methods`` are step templates whose strength knob (the ``Options`` field marked
@@ -139,8 +132,9 @@ class Search(_Strict):
     """
 
     target: dict[str, float] = Field(
-        description="one metric and its wanted final/baseline ratio, e.g. {macs: 0.5}; metrics: macs, "
-                    "params, nonzeros, size (size_bytes), latency (latency_ms)"
+        description="one lower-is-better metric (or the evaluator producing it) and its wanted final/baseline "
+                    "ratio, e.g. {macs: 0.5}; any installed evaluator's metric, e.g. macs, params, nonzeros, "
+                    "size_bytes (size), latency_ms (latency)"
     )
     methods: list[Step] = Field(min_length=1, description="step templates to allocate per layer")
     grid: list[float] | None = Field(None, description="strengths tried per layer (default: 8 across the knob)")
@@ -161,9 +155,6 @@ class Search(_Strict):
         if len(value) != 1:
             raise ValueError(f"give exactly one target metric, got {sorted(value) or 'none'}")
         (name, ratio), = value.items()
-        name = TARGET_ALIASES.get(name, name)
-        if name not in SEARCH_TARGETS:
-            raise ValueError(f"target {name!r} is not one of macs, params, nonzeros, size, latency")
         if not 0 < ratio <= 1:
             raise ValueError(f"target {name}={ratio} must be in (0, 1]")
         return {name: ratio}
@@ -176,19 +167,35 @@ class Search(_Strict):
         return sorted(set(value)) if value else value
 
 
-class Recipe(_Strict):
+class Recipe(StrictModel):
     """A whole run: ordered steps, the evaluators to run, and constraints on the result."""
 
     name: str | None = Field(None, description="a name for reports")
     description: str = Field("", description="free text shown with strategies")
     steps: list[Step] = Field(default_factory=list, description="the steps, run in order")
-    evaluate: list[str] = Field(default_factory=lambda: list(DEFAULT_EVALUATORS),
-                                description="evaluators run on the baseline and after every step")
+    evaluate: list[str] | None = Field(
+        None, description="evaluators run on the baseline and after every step (default: every installed "
+                          "evaluator that runs by default)")
     evaluation: Evaluation = Field(default_factory=Evaluation, description="settings shared by evaluators")
     constraints: Constraints = Field(default_factory=Constraints,
                                      description="conditions the final model must meet")
     search: Search | None = Field(None, description="automatic per-layer strength search (after the steps)")
     seed: int | None = Field(None, description="random seed; overrides Engine.run(seed=...)")
+
+    @model_validator(mode="after")
+    def _deploy_last(self) -> "Recipe":
+        deploys = [i for i, step in enumerate(self.steps) if step.stage == "deploy"]
+        if len(deploys) > 1:
+            raise ValueError(f"steps {', '.join(str(i + 1) for i in deploys)} are deploy steps; a recipe has at "
+                             f"most one, as its last step")
+        if deploys and deploys[0] != len(self.steps) - 1:
+            after = self.steps[deploys[0] + 1]
+            raise ValueError(f"step {deploys[0] + 1} is a deploy step but step {deploys[0] + 2} ({after.label}) "
+                             f"follows it; deploy turns the model into a runtime artifact, so it must come last")
+        if deploys and self.search is not None:
+            raise ValueError("a recipe with a search block cannot deploy: the search runs after the steps; "
+                             "deploy its result in a second recipe")
+        return self
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Recipe":
@@ -286,10 +293,10 @@ def format_validation_error(exc: ValidationError, data: Any, prefix: str = "") -
             loc = loc[2:]
             # the shorthand validator's own errors carry the stage name as a location part
             loc = [part for part in loc if part not in STAGES and part != "options"]
-        field = ".".join(str(part) for part in loc) or "(value)"
+        field = ".".join(str(part) for part in loc) or ("recipe" if not where else "(value)")
         bad = err.get("input")
         shown = "" if isinstance(bad, dict) else f"={bad!r}"
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "is not a known field; remove it or check its spelling"
         elif err["type"] == "literal_error" and field == "stage":

@@ -8,6 +8,8 @@ from typing import Any
 
 from torch import nn
 
+from .tables import run_table
+
 
 @dataclass
 class StepResult:
@@ -72,8 +74,6 @@ class RunResult:
 
     def table(self, tablefmt: str = "simple") -> str:
         """The before/after table of every stage, as text (tabulate)."""
-        from .report import run_table
-
         return run_table(self, tablefmt=tablefmt)
 
     def to_dict(self) -> dict[str, Any]:

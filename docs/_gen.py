@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import collections.abc
 import contextlib
 import enum
 import inspect
@@ -459,7 +460,26 @@ def generate_hooks() -> str:
     for name, func, spec in hooks:
         out += [f"## {name}\n\n", f"```python\n{hook_signature(name, func)}\n```\n\n",
                 rst_to_md(func.__doc__, link), "\n", _spec_notes(spec)]
+    out.append("## What plugins declare\n\n")
+    out.append("Besides its hook, a plugin declares a few attributes. The plugin registry checks each one when "
+               "the plugin loads and refuses a plugin that gets one wrong, naming the attribute and the fix "
+               "(`torchslim plugins` lists the refusal; `TORCHSLIM_STRICT_PLUGINS=1` makes it fatal).\n\n")
+    for title, protocol in hookspecs.DECLARATIONS.items():
+        out += [f"### {title}\n\n", rst_to_md(protocol.__doc__, link), "\n", declaration_table(protocol), "\n"]
     return "".join(out).rstrip("\n") + "\n"
+
+
+def declaration_table(protocol: type) -> str:
+    """The attributes a contract protocol declares (its own, not inherited), with their meaning."""
+    hints = typing.get_type_hints(protocol, include_extras=True)
+    own = protocol.__dict__.get("__annotations__", {})
+    rows = ["| attribute | type | meaning |\n|---|---|---|\n"]
+    for name in own:
+        hint = hints[name]
+        base, *notes = typing.get_args(hint) if typing.get_origin(hint) is typing.Annotated else (hint,)
+        shown = "callable" if typing.get_origin(base) is collections.abc.Callable else type_name(base)
+        rows.append(f"| `{name}` | `{shown}` | {_cell(' '.join(notes))} |\n")
+    return "".join(rows)
 
 
 # ---------------------------------------------------------------------------------- cli.md

@@ -24,6 +24,6 @@ def engine():
 @pytest.fixture(scope="module")
 def digits():
     """``(x_train, y_train, x_test, y_test)`` of scikit-learn's digits (real data shipped in the package)."""
-    from torchslim.data import digits_tensors
+    from torchslim.demo import digits_tensors
 
     return digits_tensors()

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import torchslim
 from torchslim import distributed
-from torchslim.data import digits_tensors
+from torchslim.demo import digits_tensors
 from torchslim.zoo import MLP, DigitsCNN
 
 GLOBAL_BATCH = 64

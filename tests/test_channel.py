@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import torchslim
-from torchslim.data import digits_loaders
+from torchslim.demo import digits_loaders
 from torchslim.masks import apply_mask
 from torchslim.measure import count_macs
 from torchslim.testing import check_method_plugin, tiny_task

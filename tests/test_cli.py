@@ -17,7 +17,7 @@ TORCHSLIM = str(Path(sys.executable).parent / "torchslim")
 USER_MODULE = """
 import torch
 from torchslim.zoo import MLP
-from torchslim.data import digits_tensors
+from torchslim.demo import digits_tensors
 from torch.utils.data import DataLoader, TensorDataset
 
 

@@ -13,7 +13,7 @@ def torchrun():
 
 
 def test_cli_run_works_unchanged_under_torchrun(tmp_path):
-    (tmp_path / "data.py").write_text("from torchslim.data import digits_loaders\n\n\n"
+    (tmp_path / "data.py").write_text("from torchslim.demo import digits_loaders\n\n\n"
                                       "def loaders():\n    return digits_loaders(batch_size=64)\n")
     (tmp_path / "recipe.yaml").write_text("steps:\n  - compress: {method: magnitude, sparsity: 0.8}\n"
                                           "  - finetune: {method: sgd, steps: 5}\n"

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import torchslim
-from torchslim.data import digits_loaders
+from torchslim.demo import digits_loaders
 from torchslim.datacheck import check_classification_batch
 from torchslim.measure import count_macs, count_nonzeros, count_params
 from torchslim.recipe import Evaluation

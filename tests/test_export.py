@@ -10,7 +10,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import torchslim
-from torchslim import lowrank, masks, zoo
+from torchslim import masks, zoo
+from torchslim.plugins.svd import modules as lowrank
 from torchslim.export import ExportError, export_onnx, export_torchscript
 
 X = torch.randn(4, 1, 8, 8)

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 import torchslim
-from torchslim.data import digits_loaders
+from torchslim.demo import digits_loaders
 from torchslim.measure import count_nonzeros, count_params
 from torchslim.plugins.finetune import SGDFinetune, lr_factor
+from torchslim.training import TrainingOptions, fit, task_loss
 from torchslim.testing import register_inline_plugin
 from torchslim.zoo import MLP, DigitsCNN
 
@@ -166,19 +167,29 @@ def test_gru_on_digit_rows_learns_with_adamw(engine):
     assert result.final["accuracy"] > result.baseline["accuracy"] + 0.3
 
 
-def test_a_subclass_replaces_only_the_loss(engine):
-    # compute_loss is the hook a method built on sgd overrides (torchslim-distill does): the loop,
-    # seeding and checks stay the same, so returning the default loss trains bit-identically to sgd.
-    class Recorded(SGDFinetune):
-        calls: list[str] = []
+def test_a_trainer_built_on_fit_replaces_only_the_loss(engine):
+    # torchslim.training.fit is the loop a method supplies its loss to (torchslim-distill does): the
+    # loop, seeding and checks stay the same, so passing the default loss trains bit-identically to sgd.
+    calls: list[str] = []
 
-        def compute_loss(self, model, inputs, target, context, opts, where):
-            self.calls.append(where)
-            return super().compute_loss(model, inputs, target, context, opts, where)
+    class Recorded:
+        Options = TrainingOptions
 
-    class Batchwise(SGDFinetune):
-        def compute_loss(self, model, inputs, target, context, opts, where):
-            return nn.functional.cross_entropy(context.forward(model, inputs, where), target, reduction="none")
+        @torchslim.hookimpl
+        def finetune(self, model, step, context):
+            def loss(net, inputs, target, where):
+                calls.append(where)
+                return task_loss(context.forward(net, inputs, where), target, context, where)
+            return torchslim.StepResult(model=model, info=fit(model, context, step.options, "mine", loss=loss))
+
+    class Batchwise:
+        Options = TrainingOptions
+
+        @torchslim.hookimpl
+        def finetune(self, model, step, context):
+            def loss(net, inputs, target, where):
+                return nn.functional.cross_entropy(context.forward(net, inputs, where), target, reduction="none")
+            return torchslim.StepResult(model=model, info=fit(model, context, step.options, "mine", loss=loss))
 
     torch.manual_seed(0)
     train, _ = digits_loaders()
@@ -188,11 +199,19 @@ def test_a_subclass_replaces_only_the_loss(engine):
         recipe = {"steps": [{"finetune": {"method": "recorded", "steps": 5}}], "evaluate": []}
         mine = weights(engine.run(model, recipe, train_data=train).model)
     assert all(torch.equal(plain[k], mine[k]) for k in plain)
-    assert Recorded.calls == [f"train_data batch {i} of epoch 1" for i in range(1, 6)]
+    assert calls == [f"train_data batch {i} of epoch 1" for i in range(1, 6)]
     with register_inline_plugin(engine, Batchwise, "batchwise"):
         recipe = {"steps": [{"finetune": {"method": "batchwise", "steps": 2}}], "evaluate": []}
         with pytest.raises(torchslim.StepError, match=r"batch 1 of epoch 1: the loss must be a scalar tensor, got \(64,\)"):
             engine.run(model, recipe, train_data=train)
+
+
+def test_train_longer_doubles_epochs_or_steps():
+    sgd = SGDFinetune()
+    assert sgd.train_longer(TrainingOptions(epochs=3), 2.0).epochs == 6
+    assert sgd.train_longer(TrainingOptions(steps=10, lr=0.1), 2.0).steps == 20
+    assert sgd.train_longer(TrainingOptions(), 2.0).epochs == 2  # the default is one epoch
+    assert sgd.train_longer(TrainingOptions(steps=10, lr=0.1), 2.0).lr == 0.1
 
 
 # ----------------------------------------------------------------------------- options

@@ -93,3 +93,20 @@ def test_plugin_package_installed_with_pip_is_discovered_and_runs(installed):
     assert proc.stdout.split() == ["torchslim-halve", "0.0.1"]
     listing = run([installed.parent / "torchslim", "strategies"]).stdout
     assert "halve-all" in listing and "torchslim-halve" in listing
+
+
+def test_search_targets_a_cost_metric_from_an_installed_package(installed, tmp_path):
+    pip_install(installed, str(PLUGIN_PKG))  # brings the evaluator nonzero_kib (lower is better)
+    script = (
+        "import json, torchslim\n"
+        "from torchslim.testing import tiny_task\n"
+        "task = tiny_task(train_steps=30)\n"
+        "recipe = {'steps': [], 'evaluate': ['accuracy', 'nonzero_kib'],\n"
+        "          'search': {'target': {'nonzero_kib': 0.5}, 'methods': [{'compress': {'method': 'magnitude'}}],\n"
+        f"                     'grid': [0.3, 0.6, 0.9], 'retries': 0, 'plot': False, 'cache_dir': {str(tmp_path)!r}}}}}\n"
+        "result = torchslim.Engine().run(task.model, recipe, **task.run_kwargs())\n"
+        "print(json.dumps([result.baseline['nonzero_kib'], result.final['nonzero_kib'], result.search['target_metric']]))\n"
+    )
+    before, after, metric = json.loads(run([installed, "-c", script]).stdout.strip().splitlines()[-1])
+    assert metric == "nonzero_kib"
+    assert after <= 0.52 * before

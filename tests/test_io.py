@@ -13,8 +13,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import torchslim
-from torchslim import io, lowrank, masks, zoo
-from torchslim.manifest import FORMAT_VERSION, checksum_of
+from torchslim import io, masks, zoo
+from torchslim.plugins.svd import modules as lowrank
+from torchslim.io.manifest import FORMAT_VERSION, checksum_of
 from torchslim.results import RunResult
 
 INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -279,7 +280,7 @@ def test_low_rank_and_channel_pruned_layers_are_rebuilt_on_a_fresh_base(tmp_path
     model.conv1 = nn.Conv2d(1, 20, 3, padding=1)
     model.bn1 = nn.BatchNorm2d(20)
     model.conv2 = nn.Conv2d(20, 64, 3, padding=1)
-    # low-rank factor modules from torchslim.lowrank
+    # low-rank factor modules of the svd plugin
     model.conv3 = lowrank.ChannelLowRankConv(64, 64, 3, rank=8, padding=1)
     model.fc1 = lowrank.LowRankLinear(1024, 128, rank=16)
     model = prune(settle_batchnorm(model, 16, 1, 8, 8), 0.5)

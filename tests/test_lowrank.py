@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from torchslim.decompose import applicable_kinds, compute_spectrum, factorize, weight_matrix
-from torchslim.lowrank import MODULE_KINDS, ChannelLowRankConv, LowRankLinear, SpatialLowRankConv2d
+from torchslim.plugins.svd.eligibility import applicable_forms
+from torchslim.plugins.svd.spectra import compute_spectrum, factorize, weight_matrix
+from torchslim.plugins.svd.modules import MODULE_KINDS, ChannelLowRankConv, LowRankLinear, SpatialLowRankConv2d
 
 LAYERS = {
     "linear": lambda: nn.Linear(12, 7),
@@ -42,7 +43,7 @@ def _input(layer: nn.Module) -> torch.Tensor:
 
 def _cases():
     for name, build in LAYERS.items():
-        kinds, _ = applicable_kinds(build())
+        kinds, _ = applicable_forms(build())
         for kind in kinds:
             yield pytest.param(build, kind, id=f"{name}-{kind}")
 
@@ -76,7 +77,7 @@ def test_truncation_error_shrinks_with_rank():
     torch.manual_seed(0)
     layer = nn.Conv2d(16, 16, 3, padding=1)
     x = torch.randn(2, 16, 8, 8)
-    spectrum = compute_spectrum(weight_matrix(layer, "channel"), "channel")
+    spectrum = compute_spectrum(weight_matrix(layer, "weight"), "weight")
     errors = [float((factorize(layer, spectrum, r)(x) - layer(x)).norm()) for r in (2, 6, 12, 16)]
     assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-3 * errors[0]
 
@@ -102,7 +103,7 @@ def _decomposed_net() -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"),
                         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
-    for index, kind in ((0, "channel"), (2, "spatial"), (5, "linear")):
+    for index, kind in ((0, "weight"), (2, "spatial"), (5, "linear")):
         spectrum = compute_spectrum(weight_matrix(net[index], kind), kind)
         net[index] = factorize(net[index], spectrum, max(1, spectrum.full_rank // 2))
     return net

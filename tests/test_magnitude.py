@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import torchslim
-from torchslim.data import digits_loaders
+from torchslim.demo import digits_loaders
 from torchslim.masks import get_mask, masked_parameters
 from torchslim.plugins.magnitude import MagnitudePruning, cubic_schedule, prune
 from torchslim.testing import check_method_plugin, tiny_task

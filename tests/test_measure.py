@@ -20,7 +20,7 @@ from torchslim.measure import (
     module_input_shapes,
     rnn_macs,
 )
-from torchslim.lowrank import ChannelLowRankConv, LowRankLinear, SpatialLowRankConv2d
+from torchslim.plugins.svd.modules import ChannelLowRankConv, LowRankLinear, SpatialLowRankConv2d
 from torchslim.zoo import MLP, DigitsCNN
 
 

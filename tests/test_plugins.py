@@ -1,8 +1,11 @@
 """Plugin manager: discovery through real entry points, broken plugins, allow/block lists, names."""
 
+import re
 import textwrap
 
 import pytest
+import torch
+from pydantic import BaseModel
 
 import torchslim
 from torchslim.registry import PluginRegistry
@@ -52,8 +55,11 @@ def test_broken_plugin_is_reported_and_others_still_load(site):
     (failed,) = [p for p in registry.plugins() if p.name == "broken"]
     assert failed.status == "error"
     assert "Error importing plugin 'broken'" in failed.error and "tsbroken" in failed.error and "no cuda here" in failed.error
-    with pytest.raises(torchslim.PluginError, match="installed but error"):
+    with pytest.raises(torchslim.PluginError) as caught:
         registry.get("compress", "broken")
+    message = str(caught.value)
+    assert "is installed (tsbroken 0.1) but failed to load" in message and "no cuda here" in message
+    assert "not installed" not in message  # no "is the plugin not installed?" after saying it is
 
 
 def test_strict_mode_makes_a_broken_plugin_fatal(site, monkeypatch):
@@ -76,14 +82,23 @@ def test_allow_and_block_lists(site, monkeypatch):
     assert sorted(allowed.infos) == ["accuracy", "ident"]
 
 
-def test_two_distributions_claiming_one_name_are_both_named(site):
+def test_two_distributions_claiming_one_name_are_both_named(site, monkeypatch):
     make_distribution(site, "tsone", {"twin": "tsone_mod:Identity"}, {"tsone_mod": GOOD_MODULE})
     make_distribution(site, "tstwo", {"twin": "tstwo_mod:Identity"}, {"tstwo_mod": GOOD_MODULE})
-    registry = PluginRegistry()
-    (failed,) = [p for p in registry.plugins() if p.name == "twin" and p.status == "error"]
-    assert "tsone" in failed.error and "tstwo" in failed.error and "two plugins claim the name 'twin'" in failed.error
-    with pytest.raises(torchslim.PluginError, match="tsone"):
-        PluginRegistry(strict=True, allow=["twin"])
+    engine = torchslim.Engine()
+    recipe = {"steps": [{"accelerate": {"method": "twin"}}], "evaluate": []}
+    with pytest.raises(torchslim.RecipeError) as caught:  # whatever the order on sys.path
+        engine.recipe(recipe)
+    message = str(caught.value)
+    assert "provided by 2 packages (tsone, tstwo)" in message
+    assert "method: tsone:twin" in message and "TORCHSLIM_DISABLE_PLUGINS=tstwo:twin" in message
+    # either way out works: qualify the method, or block one package's plugin
+    qualified = {"steps": [{"accelerate": {"method": "tstwo:twin"}}], "evaluate": []}
+    assert engine.recipe(qualified).steps[0].method == "tstwo:twin"
+    monkeypatch.setenv("TORCHSLIM_DISABLE_PLUGINS", "tstwo:twin")
+    blocked = torchslim.Engine()
+    assert blocked.recipe(recipe).steps[0].method == "twin"
+    assert blocked.registry.infos["twin"].distribution == "tsone"
 
 
 def test_runtime_registration_runs_through_a_recipe_and_unregisters():
@@ -123,5 +138,111 @@ def test_plugin_with_two_stages_or_bad_options_is_refused():
 
 def test_method_of_another_stage_is_explained():
     engine = bare_engine((Scale(), "scale"))
-    with pytest.raises(torchslim.RecipeError, match="implements compress, not accelerate"):
+    with pytest.raises(torchslim.RecipeError, match="is a plugin for compress, not a accelerate method"):
         engine.recipe({"steps": [{"accelerate": {"method": "scale"}}], "evaluate": []})
+
+
+def test_a_typo_in_a_method_name_gets_a_did_you_mean():
+    engine = bare_engine((Scale(), "scale"))
+    with pytest.raises(torchslim.RecipeError, match="unknown compress method 'scael'; did you mean 'scale'"):
+        engine.recipe({"steps": [{"compress": {"method": "scael"}}], "evaluate": []})
+
+
+# ------------------------------------------------------------------------- checked when a plugin loads
+MISSPELT = """
+import torchslim
+
+class Cluster:
+    @torchslim.hookimpl
+    def compres(self, model, step, context):
+        return torchslim.StepResult(model=model)
+"""
+
+UNMARKED = """
+import torchslim
+
+class Cluster:
+    def compres(self, model, step, context):
+        return torchslim.StepResult(model=model)
+"""
+
+WRONG_ARGUMENT = """
+import torchslim
+
+class Cluster:
+    @torchslim.hookimpl
+    def compress(self, modle, step, context):
+        return torchslim.StepResult(model=modle)
+"""
+
+
+@pytest.mark.parametrize("source, expected", [
+    (MISSPELT, "@torchslim.hookimpl 'compres' is not a torchslim hook; did you mean 'compress'?"),
+    (UNMARKED, "implements no torchslim hook; 'compres' looks like the hook 'compress'"),
+    (WRONG_ARGUMENT, "hook 'compress' is called with (model, step, context), but the implementation asks for 'modle'"),
+])
+def test_author_mistakes_are_named_when_the_plugin_loads(site, monkeypatch, source, expected):
+    module = f"tscluster_{abs(hash(source))}"  # a fresh module per case (imports are cached)
+    make_distribution(site, "tscluster", {"typo_cluster": f"{module}:Cluster"}, {module: source})
+    registry = PluginRegistry()
+    (info,) = [p for p in registry.plugins() if p.name == "typo_cluster"]
+    assert info.status == "error" and expected in info.error and "tscluster" in info.error
+    with pytest.raises(torchslim.PluginError, match="failed to load"):
+        registry.get("compress", "typo_cluster")
+    monkeypatch.setenv("TORCHSLIM_STRICT_PLUGINS", "1")
+    with pytest.raises(torchslim.PluginError, match=re.escape(expected)):
+        PluginRegistry()
+
+
+def test_runtime_registration_checks_the_contract_with_torchslim_errors():
+    class WrongArgument:
+        @torchslim.hookimpl
+        def compress(self, model, stepp, context): ...
+
+    class Unmarked:
+        def compress(self, model, step, context): ...
+
+    class NoMetrics:
+        @torchslim.hookimpl
+        def evaluate(self, model, context):
+            return {}
+
+    class BadStrength:
+        class Options(BaseModel):
+            amount: float = 0.5
+
+        strength = ("sparsity", "higher")
+
+        @torchslim.hookimpl
+        def compress(self, model, step, context): ...
+
+    engine = bare_engine()
+    for plugin, expected in ((WrongArgument, "asks for 'stepp'"), (Unmarked, "'compress' is a torchslim hook but is not marked"),
+                             (NoMetrics, "an evaluator declares metrics"),
+                             (BadStrength, "strength names option 'sparsity', which its Options lack")):
+        with pytest.raises(torchslim.PluginError, match=re.escape(expected)):
+            engine.register(plugin, name="mine")
+        assert "mine" not in engine.registry.infos
+
+
+def test_built_ins_have_no_back_doors():
+    registry = PluginRegistry()
+    # the timing wrapper is an ordinary, listed plugin
+    assert registry.infos["timing"].distribution == "torchslim"
+    # svd's factor modules come through the register_module_kinds hook, like any plugin's
+    svd_kinds = [k for k, owner in registry._kind_owner.items() if owner == "svd"]
+    assert "torchslim.plugins.svd.modules.LowRankLinear" in svd_kinds
+    assert "torchslim.lowrank.LowRankLinear" in svd_kinds  # the name 0.1 manifests hold
+    # default evaluators are what is installed
+    assert set(registry.default_evaluators()) >= {"accuracy", "params", "nonzeros", "macs", "latency", "size"}
+
+
+def test_blocking_an_evaluator_drops_it_from_recipes_without_an_evaluate_list(monkeypatch):
+    monkeypatch.setenv("TORCHSLIM_DISABLE_PLUGINS", "latency,timing")
+    engine = torchslim.Engine()
+    recipe = engine.recipe({"steps": [{"compress": {"method": "magnitude", "sparsity": 0.5}}]})
+    assert "latency" not in recipe.evaluate and "macs" in recipe.evaluate
+    x = torch.randn(2, 4)
+    result = engine.run(tiny_model(), recipe, example_inputs=(x,))
+    assert "latency_ms" not in result.final and "macs" in result.final
+    assert result.steps[0].seconds >= 0  # the engine times steps itself without the timing plugin

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import torchslim
-from torchslim.data import digits_loaders
+from torchslim.demo import digits_loaders
 from torchslim.zoo import DigitsCNN
 
 from helpers import same_state, state_copy

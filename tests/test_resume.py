@@ -17,7 +17,7 @@ TORCHSLIM = str(Path(sys.executable).parent / "torchslim")
 MODULE = """
 import torch
 from torch.utils.data import DataLoader, TensorDataset
-from torchslim.data import digits_tensors
+from torchslim.demo import digits_tensors
 from torchslim.zoo import DigitsCNN
 
 

@@ -5,7 +5,7 @@ import torch
 
 import torchslim
 from torchslim.demo import trained_digits_model
-from torchslim.search import Knob, Searcher, default_grid, strength_field
+from torchslim.search import Knob, Searcher, allocate, default_grid, strength_field
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,8 @@ def test_allocation_prefers_cheap_losses():
     cheap = Knob(0, None, "s", "a", [0.5, 0.9], {0.5: {"loss": 0.0, "saving": 5.0}, 0.9: {"loss": 0.01, "saving": 9.0}})
     dear = Knob(0, None, "s", "b", [0.5, 0.9], {0.5: {"loss": 0.3, "saving": 5.0}, 0.9: {"loss": 0.6, "saving": 9.0}})
     cheap.template = dear.template = type("T", (), {"method": "m"})()
-    assert Searcher.allocate([cheap, dear], needed=9.0) == {"0:m:a": 0.9}
-    assert Searcher.allocate([cheap, dear], needed=12.0) == {"0:m:a": 0.9, "0:m:b": 0.5}
+    assert allocate([cheap, dear], needed=9.0) == {"0:m:a": 0.9}
+    assert allocate([cheap, dear], needed=12.0) == {"0:m:a": 0.9, "0:m:b": 0.5}
 
 
 def _knob(layer: str, points: dict[float, tuple[float, float]]) -> Knob:
@@ -78,7 +78,7 @@ def test_allocation_is_an_exact_knapsack_not_a_greedy_overshoot():
     # Greedy by loss per saving takes b first (0.05 for 9), then needs a too: loss 0.15, saving 19.
     # The least loss that saves 10 is a alone.
     knobs = [_knob("a", {0.9: (0.1, 10.0)}), _knob("b", {0.9: (0.05, 9.0)}), _knob("c", {0.9: (0.2, 2.0)})]
-    assert Searcher.allocate(knobs, needed=10.0) == {"0:m:a": 0.9}
+    assert allocate(knobs, needed=10.0) == {"0:m:a": 0.9}
 
 
 def test_allocation_breaks_metric_ties_by_output_distortion_then_by_less_overshoot():
@@ -86,13 +86,13 @@ def test_allocation_breaks_metric_ties_by_output_distortion_then_by_less_oversho
     knobs[0].points[0.9]["distortion"] = 0.5
     knobs[1].points[0.5]["distortion"] = 0.1
     knobs[0].points[0.5]["distortion"] = 0.1
-    assert Searcher.allocate(knobs, needed=10.0) == {"0:m:a": 0.5, "0:m:b": 0.5}
-    assert Searcher.allocate(knobs, needed=6.0) in ({"0:m:a": 0.5}, {"0:m:b": 0.5})
+    assert allocate(knobs, needed=10.0) == {"0:m:a": 0.5, "0:m:b": 0.5}
+    assert allocate(knobs, needed=6.0) in ({"0:m:a": 0.5}, {"0:m:b": 0.5})
 
 
 def test_allocation_out_of_reach_takes_the_strongest_setting_everywhere():
     knobs = [_knob("a", {0.5: (0.0, 1.0), 0.9: (0.3, 2.0)}), _knob("b", {0.5: (0.1, 1.0)})]
-    assert Searcher.allocate(knobs, needed=100.0) == {"0:m:a": 0.9, "0:m:b": 0.5}
+    assert allocate(knobs, needed=100.0) == {"0:m:a": 0.9, "0:m:b": 0.5}
 
 
 def test_strength_knob_and_default_grid_come_from_the_options_model():
@@ -106,7 +106,8 @@ def test_strength_knob_and_default_grid_come_from_the_options_model():
 
 @pytest.mark.parametrize("bad, message", [
     ({"target": {"macs": 1.5}}, "must be in (0, 1]"),
-    ({"target": {"flops": 0.5}}, "is not one of macs"),
+    ({"target": {"flops": 0.5}}, "no installed evaluator returns 'flops'; lower-is-better metrics: latency_ms, macs"),
+    ({"target": {"accuracy": 0.5}}, "'accuracy' is higher-is-better; a target is a cost to cut"),
     ({"target": {"macs": 0.5, "params": 0.5}}, "exactly one target"),
     ({"methods": [{"compress": {"method": "magnitude", "sparsity": 2}}]}, "search.methods[1] (compress/magnitude)"),
 ])
@@ -116,6 +117,13 @@ def test_bad_search_blocks_are_rejected_before_work(tmp_path, bad, message):
     with pytest.raises(torchslim.RecipeError) as info:
         torchslim.Engine().recipe(recipe)
     assert message in str(info.value)
+
+
+def test_a_target_may_name_the_evaluator_of_its_metric(tmp_path):
+    recipe = search_recipe(tmp_path)
+    recipe["search"]["target"] = {"size": 0.5}  # the evaluator 'size' returns one metric, size_bytes
+    recipe["evaluate"] = ["accuracy", "size"]
+    assert torchslim.Engine().recipe(recipe).search.target == {"size_bytes": 0.5}
 
 
 def test_bench_search_quick_runs(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from torchslim.sparse import PART_OVERHEAD, decode, encode, pack_bits, unpack_bits
+from torchslim.io.sparse import PART_OVERHEAD, decode, encode, pack_bits, unpack_bits
 
 INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 

@@ -54,7 +54,7 @@ def test_engine_runs_prune_80_by_name(torchslim_engine, torchslim_tiny_task):
     assert abs(1 - kept / total - 0.8) < 0.01  # 80 % of the targeted weights, ranked globally
     pruned, tuned = (record.metrics["accuracy"] for record in result.steps)
     assert tuned >= pruned and tuned > 0.5  # fine-tuning recovers; chance is 0.25
-    assert not torchslim.testing._differences(before, model_snapshot(task.model))
+    assert not torchslim.testing.snapshots.differences(before, model_snapshot(task.model))
 
 
 def test_slim_mobile_factors_then_prunes_the_factors(torchslim_engine, torchslim_tiny_task):

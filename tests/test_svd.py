@@ -16,11 +16,14 @@ from pydantic import ValidationError
 from torch import nn
 
 import torchslim
-from torchslim.data import digits_loaders
-from torchslim.decompose import RankCurve, allocate_ranks, compute_spectrum, factor_macs, weight_matrix
-from torchslim.lowrank import MODULE_KINDS, ChannelLowRankConv, LowRankLinear, SpatialLowRankConv2d
+from torchslim.demo import digits_loaders
+from torchslim.plugins.svd.macs import factor_macs
+from torchslim.plugins.svd.ranks import RankCurve, allocate_ranks
+from torchslim.plugins.svd.spectra import compute_spectrum, weight_matrix
+from torchslim.plugins.svd.modules import MODULE_KINDS, ChannelLowRankConv, LowRankLinear, SpatialLowRankConv2d
 from torchslim.measure import count_macs
-from torchslim.plugins.svd import SVDDecomposition, _raised_floor
+from torchslim.plugins.svd import SVDDecomposition, decompose
+from torchslim.plugins.svd.timing import raised_floor
 from torchslim.zoo import DigitsCNN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +64,7 @@ def _x(n: int = 4) -> torch.Tensor:
 
 def _run(model: nn.Module, x: torch.Tensor, calibration=(), **options):
     model = copy.deepcopy(model)
-    result = SVDDecomposition().decompose(model, (x,), {**FAST, **options}, calibration=calibration)
+    result = decompose(model, (x,), {**FAST, **options}, calibration=calibration)
     return model, result
 
 
@@ -76,7 +79,7 @@ def test_options_take_one_rank_rule_and_validate_ranges():
     assert Options(mac_ratio=0.5).rank_rule == "mac_ratio"
     with pytest.raises(ValidationError, match="not rank_ratio and mac_ratio"):
         Options(rank_ratio=0.3, mac_ratio=0.5)
-    for bad in ({"mac_ratio": 1.5}, {"rank": 0}, {"energy": 0}, {"kind": "tucker"}, {"ranks": 3}):
+    for bad in ({"mac_ratio": 1.5}, {"rank": 0}, {"energy": 0}, {"factorization": "tucker"}, {"ranks": 3}):
         with pytest.raises(ValidationError):
             Options(**bad)
     strength = [n for n, f in Options.model_fields.items() if (f.json_schema_extra or {}).get("strength")]
@@ -91,7 +94,7 @@ def test_bad_options_in_a_recipe_name_the_step():
 
 def test_no_example_inputs_is_a_clear_error():
     with pytest.raises(torchslim.ModelError, match="example inputs"):
-        SVDDecomposition().decompose(DigitsCNN(width=4), (), FAST)
+        decompose(DigitsCNN(width=4), (), FAST)
 
 
 # ---------------------------------------------------------------------------- rank rules
@@ -102,7 +105,7 @@ def test_fixed_rank_factorizes_every_layer_and_reports_it(trained_digits_cnn):
     assert set(rows) == {"conv1", "conv2", "conv3", "fc1", "fc2"}
     assert {row["rank"] for row in rows.values()} == {3}
     assert rows["conv2"]["shape_before"] == "16x8x3x3" and rows["conv2"]["shape_after"] == "3x8x3x3 + 16x3x1x1"
-    keys = ["layer", "kind", "shape_before", "shape_after", "rank", "macs_before", "macs_after",
+    keys = ["layer", "factorization", "shape_before", "shape_after", "rank", "macs_before", "macs_after",
             "rel_output_error", "latency_before_ms", "latency_after_ms", "warning"]
     assert all(list(row) == keys for row in result.report)
     assert all(0 < row["rel_output_error"] < 1 and row["macs_after"] < row["macs_before"] for row in rows.values())
@@ -146,19 +149,19 @@ def test_depthwise_skipped_grouped_decomposed_per_group():
     assert decomposed[1].first.out_channels == 4  # rank 2 in each of the 2 groups
 
 
-def test_spatial_and_auto_kinds(trained_digits_cnn):
-    model, result = _run(trained_digits_cnn, _x(), kind="spatial", rank=4)
+def test_spatial_and_auto_factorizations(trained_digits_cnn):
+    model, result = _run(trained_digits_cnn, _x(), factorization="spatial", rank=4)
     assert isinstance(model.conv2, SpatialLowRankConv2d) and isinstance(model.fc1, LowRankLinear)
     assert model.conv2.first.kernel_size == (3, 1) and model.conv2.second.kernel_size == (1, 3)
 
-    _, result = _run(trained_digits_cnn, _x(), kind="auto", rank=4)
+    _, result = _run(trained_digits_cnn, _x(), factorization="auto", rank=4)
     convs = [row for row in result.report if row["layer"].startswith("conv")]
     assert convs
     for row in convs:  # auto picks, per layer, the kind with fewer MACs at the rank
         layer = getattr(trained_digits_cnn, row["layer"])
         shapes = (4, layer.in_channels, 8, 8), (4, layer.out_channels, 8, 8)
         options = []
-        for kind in ("channel", "spatial"):
+        for kind in ("weight", "spatial"):
             full = compute_spectrum(weight_matrix(layer, kind), kind).full_rank
             options.append(factor_macs(layer, kind, min(4, full), *shapes))
         assert row["macs_after"] == min(options)
@@ -179,7 +182,7 @@ def test_mac_ratio_of_the_whole_model_is_met(trained_digits_cnn, ratio):
 def test_mac_ratio_of_the_targets_only(trained_digits_cnn):
     x = _x()
     model = copy.deepcopy(trained_digits_cnn)
-    result = SVDDecomposition().decompose(model, (x,), {**FAST, "mac_ratio": 0.5, "mac_scope": "targets"},
+    result = decompose(model, (x,), {**FAST, "mac_ratio": 0.5, "mac_scope": "targets"},
                                           targets=torchslim.Targets(include=["conv3", "fc1"]))
     targeted = 2 * result.info["target_macs"]  # the targeted layers' MACs before
     saved = count_macs(trained_digits_cnn, (x,)) - count_macs(model, (x,))
@@ -281,10 +284,10 @@ def test_allocation_never_cuts_below_a_layers_rank_floor():
 
 
 def test_a_layer_too_slow_at_a_deep_cut_is_cut_less_not_dropped():
-    layer = SimpleNamespace(macs=100_000, rank=8, kind="channel", cost_per_rank=lambda kind: 1_000)
-    assert _raised_floor(layer, 8) == 56            # halfway to break-even (rank 99), rounded up to 8
+    layer = SimpleNamespace(macs=100_000, rank=8, form="weight", cost_per_rank=lambda form: 1_000)
+    assert raised_floor(layer, 8) == 56            # halfway to break-even (rank 99), rounded up to 8
     layer.rank = 96
-    assert _raised_floor(layer, 8) is None          # nothing useful is left: keep the original
+    assert raised_floor(layer, 8) is None          # nothing useful is left: keep the original
 
 
 def test_latency_spread_cuts_where_fewer_macs_save_time():
@@ -340,7 +343,7 @@ def test_engine_runs_svd_from_a_recipe_and_leaves_the_model_alone(trained_digits
 
 
 def test_decomposed_model_survives_save_and_load(trained_digits_cnn, tmp_path):
-    model, _ = _run(trained_digits_cnn, _x(), rank=3, kind="auto")
+    model, _ = _run(trained_digits_cnn, _x(), rank=3, factorization="auto")
     torchslim.save(model, tmp_path / "out")
     loaded = torchslim.load(tmp_path / "out", base_model=DigitsCNN(width=8))
     assert {type(m) for m in loaded.modules()} & set(MODULE_KINDS)
@@ -349,7 +352,7 @@ def test_decomposed_model_survives_save_and_load(trained_digits_cnn, tmp_path):
 
 def test_running_svd_twice_leaves_factor_modules_alone(trained_digits_cnn):
     model, _ = _run(trained_digits_cnn, _x(), rank=3)
-    again = SVDDecomposition().decompose(model, (_x(),), {**FAST, "rank": 2})
+    again = decompose(model, (_x(),), {**FAST, "rank": 2})
     assert again.report == [] and isinstance(model.conv2.first, nn.Conv2d)
 
 

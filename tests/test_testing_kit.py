@@ -1,5 +1,7 @@
 """The plugin author kit (torchslim.testing): it passes honest plugins and catches each broken rule."""
 
+import textwrap
+
 import pytest
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,9 +28,24 @@ class Halve:
         rows = []
         with torch.no_grad():
             for name, module in torchslim.select_modules(model, step.targets):
-                module.weight.mul_(step.options.factor)
+                torchslim.masks.write_weight(module, "weight", module.weight * step.options.factor)
                 rows.append({"layer": name, "factor": step.options.factor})
         return torchslim.StepResult(model=model, report=rows, info={"layers": len(rows)})
+
+
+class SkipsMaskedLayers(Halve):
+    @torchslim.hookimpl
+    def compress(self, model, step, context):
+        with torch.no_grad():  # on a masked layer, module.weight is a temporary: this changes nothing
+            for name, module in torchslim.select_modules(model, step.targets):
+                module.weight.mul_(step.options.factor)
+        return torchslim.StepResult(model=model)
+
+
+class RaggedReport(Halve):
+    @torchslim.hookimpl
+    def compress(self, model, step, context):
+        return torchslim.StepResult(model=model, report=[{"layer": "a"}, {"layer": "b", "rank": 2}])
 
 
 class LaxOptions(Halve):
@@ -53,7 +70,7 @@ class TrainsTheTeacher(Halve):
 class ReturnsModel(Halve):
     @torchslim.hookimpl
     def compress(self, model, step, context):
-        return model  # the engine tolerates it; the contract asks for a StepResult
+        return model  # the contract asks for a StepResult
 
 
 class TensorInInfo(Halve):
@@ -141,10 +158,12 @@ def test_builtin_sgd_passes_including_a_failing_run(torchslim_engine, task):
     (LaxOptions, "extra='forbid'"),
     (Unconstrained, "accepted bad option factor=-3"),
     (TrainsTheTeacher, "changed context.original_model"),
-    (ReturnsModel, "hook returned DigitsCNN; return torchslim.StepResult"),
+    (ReturnsModel, "returned a bare DigitsCNN module"),
+    (SkipsMaskedLayers, "leaves them as they were without listing them in skipped"),
+    (RaggedReport, "report rows must share their keys"),
     (TensorInInfo, "JSON-serialisable"),
     (Unseeded, "not deterministic"),
-    (ChangesInterface, "keep the model's interface"),
+    (ChangesInterface, "changed the model's outputs"),
 ])
 def test_each_broken_rule_is_caught(torchslim_bare_engine, task, plugin, match):
     with register_inline_plugin(torchslim_bare_engine, plugin, "broken"):
@@ -152,6 +171,14 @@ def test_each_broken_rule_is_caught(torchslim_bare_engine, task, plugin, match):
             check_method_plugin(torchslim_bare_engine, "broken", task.model, task.example_inputs,
                                 good_options={"factor": 0.5}, bad_options={"factor": -3})
     assert torchslim_bare_engine.methods("compress") == []
+
+
+def test_the_kit_takes_a_task_or_its_run_kwargs(torchslim_bare_engine, task):
+    with register_inline_plugin(torchslim_bare_engine, Halve, "halve"):
+        check_method_plugin(torchslim_bare_engine, "halve", task.model, **task.run_kwargs(),
+                            good_options={"factor": 0.5}, check_determinism=False)
+        check_method_plugin(torchslim_bare_engine, "halve", task=task, good_options={"factor": 0.5},
+                            check_determinism=False)
 
 
 def test_wrong_stage_and_unknown_name_are_reported(torchslim_bare_engine, task):
@@ -189,3 +216,13 @@ def test_builtin_strategies_validate(torchslim_engine):
     assert [s.method for s in recipe.steps] == ["magnitude", "sgd"]
     with pytest.raises(AssertionError, match="no strategy 'nope'"):
         check_strategy(torchslim_engine, "nope")
+
+
+def test_the_minimal_plugin_of_the_hook_reference_passes_the_kit(torchslim_bare_engine, task):
+    doc = torchslim.hookspecs.__doc__
+    code = textwrap.dedent(doc.split("Minimal method plugin::", 1)[1])
+    namespace: dict = {}
+    exec(compile(code, "hookspecs.__doc__", "exec"), namespace)
+    with register_inline_plugin(torchslim_bare_engine, namespace["HalveWeights"], "halve"):
+        result = check_method_plugin(torchslim_bare_engine, "halve", task=task, good_options={"factor": 0.5})
+    assert isinstance(result, torchslim.StepResult)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 import torchslim
-from torchslim.plugins.finetune import SGDFinetune
+from torchslim.training import TrainingOptions
 from torchslim.testing import check_method_plugin, register_inline_plugin
 from torchslim_distill import DistillOptions, feature_loss, feature_scales, kd_loss
 
@@ -46,7 +46,7 @@ def test_distill_honours_the_plugin_contract(torchslim_engine, torchslim_tiny_ta
 
 
 def test_it_takes_every_sgd_option():
-    assert set(SGDFinetune.Options.model_fields) < set(DistillOptions.model_fields)
+    assert set(TrainingOptions.model_fields) < set(DistillOptions.model_fields)
     opts = DistillOptions(optimizer="adamw", steps=5, schedule="constant", warmup_steps=2, grad_clip=1.0)
     assert opts.temperature == 1.0 and opts.kd_weight == 1.0 and opts.task_weight == 1.0
     assert opts.features == "auto" and opts.feature_weight == 5.0

@@ -12,7 +12,7 @@ from torch import nn
 
 import torchslim
 from torchslim.io import saved_size_bytes
-from torchslim.lowrank import LowRankLinear
+from torchslim.plugins.svd.modules import LowRankLinear
 from torchslim.masks import masked_parameters
 from torchslim.measure import count_macs, count_nonzeros
 from torchslim.testing import check_method_plugin

@@ -10,9 +10,9 @@ where ``scale`` is the teacher output's mean square on the first batch (see :fun
 
 The teacher is ``context.original_model``: the user's model before any step, in eval mode with
 gradients off; it is only ever read. Training (optimizer, schedule, epochs or steps, warm-up,
-gradient clipping, seeding, distributed data parallel) is the built-in ``sgd`` method's, with the
-same options: this plugin subclasses :class:`torchslim.plugins.finetune.SGDFinetune` and overrides
-only :meth:`~torchslim.plugins.finetune.SGDFinetune.compute_loss`.
+gradient clipping, seeding, distributed data parallel) is torchslim's shared loop
+:func:`torchslim.training.fit`, with the same options as the built-in ``sgd`` method
+(:class:`torchslim.training.TrainingOptions`); this plugin supplies only the loss.
 
 The defaults (T=1, all three weights on, ``features: auto``) were chosen on the digits CNN at 90 % and
 95 % sparsity with seeds 100-109; ``bench/distill.py`` reports them on seeds 0-9 (see the README).
@@ -25,14 +25,14 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 import torchslim
 from torchslim import distributed
 from torchslim.batches import first_tensor
 from torchslim.datacheck import logits_of
-from torchslim.plugins.finetune import SGDFinetune
+from torchslim.training import TrainingOptions, fit, task_loss
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -85,10 +85,8 @@ def feature_scales(teacher: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return dict(zip(names, means.unbind(0)))
 
 
-class DistillOptions(SGDFinetune.Options):
+class DistillOptions(TrainingOptions):
     """Settings of ``distill``: every option of ``sgd``, plus the weights of the distillation loss."""
-
-    model_config = ConfigDict(extra="forbid")
 
     # T=1: with a teacher that is nearly always right on its training data, T=4 (Hinton's CIFAR
     # setting) turns the KL into regression onto its logits, which slowed recovery after pruning
@@ -168,18 +166,15 @@ def auto_features(student: nn.Module, teacher: nn.Module) -> list[str]:
             and any(True for _ in module.parameters())]
 
 
-class Distillation(SGDFinetune):
+class Distillation:
     """Fine-tune against the run's original model: task loss, KL to its logits and its layers' outputs.
 
-    Trains with the ``sgd`` method's loop and options; only :meth:`compute_loss` differs. The
+    Trains with torchslim's shared loop and the ``sgd`` method's options; only the loss differs. The
     torchslim-distill README gives the loss and the reasons for the defaults.
     """
 
     name = "distill"
     Options = DistillOptions
-
-    def __init__(self) -> None:
-        self._run: _Run | None = None
 
     @torchslim.hookimpl
     def finetune(self, model: nn.Module, step: Any, context: Any) -> torchslim.StepResult:
@@ -195,11 +190,11 @@ class Distillation(SGDFinetune):
             for name in run.names:
                 run.capture(_module(model, name, "compressed", where), name, run.student)
                 run.capture(_module(teacher, name, "original (teacher)", where), name, run.teacher)
-            self._run = run
-            result = SGDFinetune.finetune(self, model, step, context)
+            info = fit(model, context, opts, where,
+                       loss=lambda net, inputs, target, at: self.loss(run, net, inputs, target, context, opts, at))
         finally:
             run.close()
-            self._run = None
+        result = torchslim.StepResult(model=model, info=info)
         last = run.terms[-10:]
         result.info["distill"] = {
             "temperature": opts.temperature, "kd_weight": opts.kd_weight, "task_weight": opts.task_weight,
@@ -208,10 +203,13 @@ class Distillation(SGDFinetune):
         }
         return result
 
-    def compute_loss(self, model: nn.Module, inputs: Any, target: Any, context: Any, opts: DistillOptions,
-                     where: str) -> torch.Tensor:
-        run = self._run
-        assert run is not None, "compute_loss runs inside finetune()"
+    def train_longer(self, options: DistillOptions, factor: float) -> DistillOptions:
+        """The same options, training about ``factor`` times as long (the search's back-off)."""
+        return options.longer(factor)
+
+    def loss(self, run: _Run, model: nn.Module, inputs: Any, target: Any, context: Any, opts: DistillOptions,
+             where: str) -> torch.Tensor:
+        """One batch's loss: the weighted task, KL and feature terms (each recorded in ``run.terms``)."""
         run.student.clear()
         run.teacher.clear()
         output = context.forward(model, inputs, where)
@@ -227,7 +225,7 @@ class Distillation(SGDFinetune):
         if opts.kd_weight:
             terms["kd"] = opts.kd_weight * kd_loss(student_logits, teacher_logits.detach(), opts.temperature)
         if opts.task_weight:
-            terms["task"] = opts.task_weight * self.task_loss(output, target, context, opts, where)
+            terms["task"] = opts.task_weight * task_loss(output, target, context, where, opts.label_smoothing)
         if run.names:
             matched = self._matched_features(run, opts.features == "auto", student_logits, where)
             if matched:

@@ -1,4 +1,4 @@
-"""A minimal compress method: multiply every targeted layer's weight by a factor."""
+"""A minimal third-party package: a compress method (scale weights) and a cost evaluator."""
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,7 +18,7 @@ class HalveWeights:
         rows = []
         with torch.no_grad():
             for name, module in torchslim.select_modules(model, step.targets):
-                module.weight.mul_(step.options.factor)
+                torchslim.masks.write_weight(module, "weight", module.weight * step.options.factor)
                 rows.append({"layer": name, "factor": step.options.factor})
         return torchslim.StepResult(model=model, report=rows)
 
@@ -26,3 +26,15 @@ class HalveWeights:
     def register_strategies(self, register):
         register("halve-all", {"steps": [{"compress": {"method": "halve"}}], "evaluate": []},
                  description="halve every weight (test strategy)")
+
+
+class NonzeroKib:  # a third party's cost metric the search can target
+    """Evaluator ``nonzero_kib``: kibibytes the non-zero weights would take as float32 (a cost to cut)."""
+
+    metrics = {"nonzero_kib": "lower"}
+
+    @torchslim.hookimpl
+    def evaluate(self, model, context):
+        from torchslim.measure import count_nonzeros
+
+        return {"nonzero_kib": count_nonzeros(model) * 4 / 1024}

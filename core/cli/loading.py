@@ -1,0 +1,91 @@
+"""Turning command-line options into Python objects: factories, data, the model, example inputs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ..batches import split_batch
+from ..errors import TorchslimError
+
+
+class UsageError(TorchslimError):
+    """Bad command-line input (exit code 2)."""
+
+def load_object(spec: str, option: str) -> Any:
+    """Import ``module:attribute`` (``module.sub:attr.inner``), with a clear error naming the option."""
+    if ":" not in spec:
+        raise UsageError(f"{option} {spec!r} must look like 'package.module:callable'")
+    module_name, _, attr = spec.partition(":")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # users point at modules in their working directory
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"{option} {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"{option} {spec!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def call_factory(spec: str, option: str) -> Any:
+    factory = load_object(spec, option)
+    return factory() if callable(factory) else factory
+
+
+def data_kwargs(spec: str | None) -> dict[str, Any]:
+    if spec is None:
+        return {}
+    data = call_factory(spec, "--data")
+    if isinstance(data, dict):
+        allowed = {"train_data", "eval_data", "example_inputs", "loss_fn", "metric_fn"}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise UsageError(f"--data returned unknown keys {unknown}; allowed: {sorted(allowed)}")
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return {"train_data": data[0], "eval_data": data[1]}
+    raise UsageError("--data must return (train_loader, eval_loader) or a dict of Engine.run arguments")
+
+
+def build_model(args: argparse.Namespace):
+    model = call_factory(args.model, "--model")
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"--model {args.model!r} returned {type(model).__name__}, not a torch.nn.Module")
+    if args.weights:
+        path = Path(args.weights)
+        if not path.is_file():
+            raise UsageError(f"--weights {args.weights!r} does not exist")
+        try:
+            model.load_state_dict(load_file(str(path)))
+        except Exception as exc:  # noqa: BLE001 - any mismatch is the user's input
+            raise UsageError(f"--weights {args.weights!r} does not fit the model: {exc}") from exc
+    return model
+
+
+def example_inputs_of(args: argparse.Namespace, data: dict[str, Any] | None = None) -> tuple:
+    if args.input_shape:
+        try:
+            shape = [int(part) for part in args.input_shape.lower().replace(",", "x").split("x")]
+        except ValueError:
+            raise UsageError(f"--input-shape {args.input_shape!r} must look like 1x3x224x224") from None
+        return (torch.zeros(shape),)
+    if data is None and args.data:
+        data = data_kwargs(args.data)
+    if data:
+        if data.get("example_inputs") is not None:
+            inputs = data["example_inputs"]
+            return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+        loader = data.get("eval_data") or data.get("train_data")
+        inputs, _ = split_batch(next(iter(loader)))
+        return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    raise UsageError(f"{args.command} needs an example input: give --input-shape 1x3x224x224 or --data MODULE:FACTORY")

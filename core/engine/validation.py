@@ -1,0 +1,107 @@
+"""Recipe validation against what is installed: methods, options, evaluators, constraints, targets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from torch import nn
+
+from ..errors import PluginError, RecipeError, TorchslimError
+from ..recipe import Recipe, Step, Targets, format_validation_error
+from ..registry import PluginRegistry
+from ..targets import WEIGHT_LAYERS, require_selection
+
+
+def validate_recipe(registry: PluginRegistry, recipe: Recipe) -> Recipe:
+    """Check every step's method and options and every evaluator; return a copy with typed options."""
+    recipe = recipe.model_copy(deep=True)
+    problems: list[str] = []
+    steps = [(f"step {index + 1}", step) for index, step in enumerate(recipe.steps)]
+    if recipe.search is not None:
+        steps += [(f"search.methods[{i + 1}]", s) for i, s in enumerate(recipe.search.methods)]
+        if recipe.search.finetune is not None:
+            steps.append(("search.finetune", recipe.search.finetune))
+    for label, step in steps:
+        where = f"{label} ({step.label})"
+        try:
+            step.options = validate_options(registry, step, where)
+        except (RecipeError, PluginError) as exc:
+            problems.append(str(exc) if str(exc).startswith(where) else f"{where}: {exc}")
+    if recipe.evaluate is None:  # derived from what is installed: blocking an evaluator drops it here
+        recipe.evaluate = registry.default_evaluators()
+    for name in recipe.evaluate:
+        try:
+            registry.get("evaluate", name)
+        except PluginError as exc:
+            problems.append(f"evaluate: {exc}")
+    produced = registry.directions()
+    for kind, limits in (("max_drop", recipe.constraints.max_drop), ("max_ratio", recipe.constraints.max_ratio)):
+        for metric in limits:
+            if metric not in produced:
+                problems.append(
+                    f"constraints.{kind}.{metric}: no installed evaluator produces metric {metric!r}; "
+                    f"known metrics: {', '.join(sorted(produced))}"
+                )
+    if recipe.search is not None:
+        problems += _resolve_search_target(registry, recipe)
+    if problems:
+        raise RecipeError("invalid recipe:\n  " + "\n  ".join(problems))
+    return recipe
+
+
+def _resolve_search_target(registry: PluginRegistry, recipe: Recipe) -> list[str]:
+    """Turn ``search.target``'s key into a metric an installed evaluator returns, lower being better."""
+    (name, ratio), = recipe.search.target.items()
+    directions = registry.directions()
+    metric = name
+    if name not in directions:
+        producer = registry.producer(name)
+        metric = next(iter(getattr(registry.infos[producer].obj, "metrics", {}))) if producer else None
+    if metric is None:
+        lower = sorted(m for m, d in directions.items() if d == "lower")
+        return [f"search.target: no installed evaluator returns {name!r}; lower-is-better metrics: "
+                f"{', '.join(lower) or 'none'}"]
+    if directions[metric] != "lower":
+        return [f"search.target: {metric!r} is higher-is-better; a target is a cost to cut, i.e. a lower-is-better "
+                f"metric (put a floor on {metric!r} under constraints.max_drop instead)"]
+    recipe.search.target = {metric: ratio}
+    return []
+
+
+def validate_options(registry: PluginRegistry, step: Step, where: str) -> Any:
+    """``step.options`` validated against the method's ``Options`` model (unknown keys named)."""
+    options_model = registry.options_model(step.stage, step.method)
+    raw = step.options
+    if options_model is not None and isinstance(raw, options_model):
+        return raw  # already validated (a nested or search step reusing a recipe's options)
+    if isinstance(raw, BaseModel):
+        raw = raw.model_dump(exclude_unset=True)
+    if options_model is None:
+        if raw:
+            raise RecipeError(f"{where}: method {step.method!r} takes no options, got {sorted(raw)}")
+        return raw
+    known = set(options_model.model_fields) | {f.alias for f in options_model.model_fields.values() if f.alias}
+    extra = sorted(set(raw) - known)
+    if extra and options_model.model_config.get("extra") != "allow":
+        raise RecipeError(
+            f"{where}: unknown option(s) {', '.join(extra)}; {step.method} accepts: {', '.join(sorted(known))}"
+        )
+    try:
+        return options_model.model_validate(raw)
+    except ValidationError as exc:
+        text = format_validation_error(exc, raw, prefix=where)
+        raise RecipeError(text.replace("invalid recipe:\n  ", "")) from None
+
+
+def check_targets(registry: PluginRegistry, model: nn.Module, recipe: Recipe) -> None:
+    """Raise a :class:`RecipeError` for any step whose explicit targets select no module."""
+    for index, step in enumerate(recipe.steps):
+        if step.targets == Targets():
+            continue
+        plugin = registry.get(step.stage, step.method)
+        defaults = getattr(plugin, "default_types", WEIGHT_LAYERS)
+        try:
+            require_selection(model, step.targets, defaults, f"step {index + 1} ({step.label})")
+        except TorchslimError as exc:
+            raise RecipeError(str(exc)) from None

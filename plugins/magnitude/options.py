@@ -1,0 +1,125 @@
+"""Options of the ``magnitude`` compress method (a pydantic model; the recipe reference is generated from it)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+class MagnitudeOptions(BaseModel):
+    """Options of the ``magnitude`` compress method."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sparsity: float = Field(
+        0.5, ge=0, lt=1, json_schema_extra={"strength": True},
+        description="fraction of the targeted weights to zero, in [0, 1); 0 changes nothing. With "
+                    "pattern 'structured' the fraction of output rows/channels. Ignored when 'threshold' is set.",
+    )
+    threshold: float | None = Field(
+        None, ge=0,
+        description="zero every weight whose score is below this value instead of a fixed fraction "
+                    "(score = |w|, or |w| x input norm with criterion 'activation'; row norm when structured)",
+    )
+    scope: Literal["layer", "global", "row"] = Field(
+        "layer",
+        description="where weights compete: 'layer' (each tensor pruned to the sparsity), 'global' (all "
+                    "targeted weights ranked together) or 'row' (each output row separately, as Wanda)",
+    )
+    pattern: str = Field(
+        "unstructured",
+        description="'unstructured' (single weights), 'N:M' such as '2:4' (keep N of every M consecutive "
+                    "weights along the input dimension) or 'structured' (whole output rows/channels)",
+    )
+    norm: Literal["l1", "l2"] = Field("l2", description="row norm ranking output rows when pattern is 'structured'")
+    criterion: Literal["weight", "activation"] = Field(
+        "weight",
+        description="'weight': |w|; 'activation': |w| times the L2 norm of its input over calibration "
+                    "batches (Wanda); Linear and Conv layers, others fall back to |w|",
+    )
+    reconstruct: bool = Field(
+        False,
+        description="after choosing the mask, update the kept weights by least squares on the calibration "
+                    "inputs (SparseGPT update); Linear, Conv1d and ungrouped Conv2d layers",
+    )
+    damp: float = Field(0.01, gt=0, le=10,
+                        description="reconstruct: ridge added to the input Gram matrix, relative to its mean diagonal")
+    sequential: bool = Field(
+        True,
+        description="reconstruct: prune layer by layer in forward order, each calibrated on the outputs of "
+                    "the layers already pruned (as SparseGPT); off: all layers from the unpruned model's inputs",
+    )
+    calibration_batches: int = Field(8, ge=1, description="training batches used for activation statistics")
+    min_sparsity: float = Field(0.0, ge=0, lt=1, description="lowest sparsity any single tensor may end with")
+    max_sparsity: float = Field(1.0, gt=0, le=1, description="highest sparsity any single tensor may end with")
+    rounds: int = Field(1, ge=1, le=100,
+                        description="prune in this many rounds on the cubic schedule of Zhu & Gupta (1 = one-shot)")
+    between: dict[str, Any] | None = Field(
+        None,
+        description="fine-tune step run after every round but the last, e.g. {method: sgd, epochs: 1}",
+    )
+    include_bias: bool = Field(False, description="prune biases too (structured: the biases of removed rows)")
+    allow_empty_layers: bool = Field(
+        False,
+        description="let a tensor lose every weight; otherwise sparsity targets keep at least one weight "
+                    "per tensor (per row with scope 'row') and a threshold that empties a tensor is an error",
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("unstructured", "structured"):
+            return value
+        match = _NM.match(value)
+        if match and 0 < int(match.group(1)) < int(match.group(2)):
+            return f"{int(match.group(1))}:{int(match.group(2))}"
+        raise ValueError(f"pattern={value!r} must be 'unstructured', 'structured' or 'N:M' with 0 < N < M (e.g. '2:4')")
+
+    @field_validator("between")
+    @classmethod
+    def _between(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        body = value.get("finetune", value) if len(value) == 1 else value
+        if not isinstance(body, dict) or "method" not in body:
+            raise ValueError("between must be a fine-tune step such as {method: sgd, epochs: 1}")
+        return dict(body)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "MagnitudeOptions":
+        given = self.model_fields_set
+        if self.threshold is not None and "sparsity" in given:
+            raise ValueError("give either sparsity or threshold, not both")
+        if self.min_sparsity > self.max_sparsity:
+            raise ValueError(f"min_sparsity={self.min_sparsity} is above max_sparsity={self.max_sparsity}")
+        nm = self.n_of_m
+        if nm is not None:
+            implied = 1 - nm[0] / nm[1]
+            if self.threshold is not None:
+                raise ValueError(f"pattern {self.pattern} fixes the sparsity; remove threshold")
+            if "sparsity" in given and abs(self.sparsity - implied) > 1e-9:
+                raise ValueError(f"pattern {self.pattern} means sparsity {implied:g}; remove sparsity or set it to that")
+            if self.rounds > 1:
+                raise ValueError(f"pattern {self.pattern} is reached in one step; rounds must be 1")
+        if self.pattern == "structured" and self.scope == "row":
+            raise ValueError("scope 'row' ranks weights inside a row; with pattern 'structured' use 'layer' or 'global'")
+        if self.rounds > 1 and self.threshold is not None:
+            raise ValueError("rounds > 1 follows a sparsity schedule; use sparsity instead of threshold")
+        if self.between is not None and self.rounds == 1:
+            raise ValueError("between runs between rounds; set rounds > 1 or remove it")
+        return self
+
+    @property
+    def n_of_m(self) -> tuple[int, int] | None:
+        """``(N, M)`` for an N:M pattern, else None."""
+        match = _NM.match(self.pattern)
+        return (int(match.group(1)), int(match.group(2))) if match else None
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.criterion == "activation" or self.reconstruct

@@ -1,0 +1,105 @@
+"""Options of the ``svd`` accelerate method (a pydantic model; the recipe reference is generated from it)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+RANK_OPTIONS = ("rank", "rank_ratio", "energy", "mac_ratio")
+
+
+class SVDOptions(BaseModel):
+    """Settings of the ``svd`` decomposition method."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    factorization: Literal["auto", "weight", "spatial"] = Field(
+        "weight",
+        description="conv factorization: 'weight' (KxK with r filters then 1x1, AIMET's weight SVD), "
+                    "'spatial' (Kx1 then 1xK; convs with a 1-wide kernel and Conv1d use weight) or 'auto' "
+                    "(per layer, fewer MACs at the rank, or less error at the MAC budget with mac_ratio); "
+                    "Linear layers always become two Linears. The old spelling kind: channel still works")
+    rank: int | None = Field(None, ge=1, description="fixed rank (per group) for every layer, capped at full rank")
+    rank_ratio: float = Field(
+        0.5, gt=0, le=1, json_schema_extra={"strength": "lower"},
+        description="kept fraction of each layer's full rank; used when rank, energy and mac_ratio are "
+                    "not given (lower is stronger)")
+    energy: float | None = Field(
+        None, gt=0, le=1,
+        description="per layer, the smallest rank whose singular values hold this fraction of the "
+                    "squared spectrum (of the output, with data_aware)")
+    mac_ratio: float | None = Field(
+        None, gt=0, le=1,
+        description="MACs after / before to reach; ranks are spread over the layers where the least "
+                    "normalized energy is lost per MAC saved")
+    sensitivity: bool = Field(
+        False,
+        description="with mac_ratio: weigh each layer's spectrum by its measured effect on the model's output "
+                    "(one extra forward pass per layer on the example inputs), so the budget goes where the "
+                    "output changes least")
+    mac_scope: Literal["model", "targets"] = Field(
+        "model", description="what mac_ratio is a fraction of: the whole model's MACs or the targeted layers'")
+    rank_multiple: int = Field(
+        1, ge=1, le=256, description="round ranks to multiples of this (8 suits SIMD kernels); full rank stays")
+    data_aware: bool = Field(
+        False, description="minimise each layer's output error on calibration activations (whitening as "
+                           "in SVD-LLM) instead of the weight error")
+    calibration_batches: int = Field(
+        8, ge=1, le=10_000, description="batches of train data used to gather activations when data_aware")
+    damping: float = Field(
+        0.01, gt=0, le=10,
+        description="data_aware ridge, relative to the mean activation energy; larger blends toward plain SVD")
+    measure_latency: bool = Field(
+        True, description="time every factorized layer against the original on its real input shape and "
+                          "keep the original when the factors are not min_speedup times faster")
+    min_speedup: float = Field(
+        1.0, ge=0, le=100,
+        description="with measure_latency, keep factors only at this layer speedup or more (0 keeps all)")
+    min_realized: float = Field(
+        0.0, ge=0, le=1,
+        description="with measure_latency, keep factors only when the layer's measured speedup is at least "
+                    "this fraction of its MAC cut (0: only min_speedup applies); with mac_ratio such a layer "
+                    "is cut less and the budget moves to layers where fewer MACs really mean less time")
+    latency_runs: int = Field(
+        10, ge=1, le=1000,
+        description="timed runs per layer and version, interleaved; the best run counts (least disturbed)")
+    spread_by: Literal["macs", "latency"] = Field(
+        "macs",
+        description="with mac_ratio, what a cut is weighed against: normalized energy lost per MAC saved "
+                    "('macs', the same ranks on every machine) or per millisecond saved, from each layer's "
+                    "factors timed at two ranks on its real input ('latency', needs measure_latency): the "
+                    "budget then goes to layers where fewer MACs really run faster")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_kind_spelling(cls, data: Any) -> Any:
+        """Accept 0.1's ``kind: channel|spatial|auto`` as ``factorization`` (deprecated, removed in 0.3)."""
+        if isinstance(data, dict) and "kind" in data:
+            data = dict(data)
+            kind = data.pop("kind")
+            if "factorization" in data:
+                raise ValueError("give factorization only (kind is its old name)")
+            warnings.warn("svd option 'kind' is now 'factorization' (and 'channel' is 'weight')",
+                          DeprecationWarning, stacklevel=2)
+            data["factorization"] = "weight" if kind == "channel" else kind
+        return data
+
+    @model_validator(mode="after")
+    def _one_rank_rule(self) -> "SVDOptions":
+        given = [name for name in RANK_OPTIONS if name in self.model_fields_set and getattr(self, name) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of rank, rank_ratio, energy or mac_ratio, not {' and '.join(given)}")
+        if self.spread_by == "latency" and (self.mac_ratio is None or not self.measure_latency):
+            raise ValueError("spread_by='latency' spreads a mac_ratio budget by measured layer times: give "
+                             "mac_ratio and keep measure_latency true, or use spread_by='macs'")
+        return self
+
+    @property
+    def rank_rule(self) -> str:
+        """Which rank option decides: the one given, else ``rank_ratio``."""
+        for name in ("rank", "energy", "mac_ratio"):
+            if getattr(self, name) is not None:
+                return name
+        return "rank_ratio"
