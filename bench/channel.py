@@ -41,8 +41,10 @@ from torchslim.demo import digits_loaders
 from torchslim.measure import count_macs, count_nonzeros, count_params, measure_latency
 from torchslim.zoo import DigitsCNN, resnet18, resnet50
 
+from common import bench_threads  # bench/ is the script's own folder
+
 RESULTS = Path(__file__).resolve().parent / "results"
-THREADS = 2
+THREADS = bench_threads(2)
 
 
 def svd_at(mac_ratio: float) -> dict[str, Any]:

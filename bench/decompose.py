@@ -49,8 +49,10 @@ from torchslim.plugins.svd import decompose
 from torchslim.tables import rows_table
 from torchslim.zoo import DigitsCNN, resnet18, resnet50
 
+from common import bench_threads  # bench/ is the script's own folder
+
 RESULTS = Path(__file__).resolve().parent / "results" / "decompose.json"
-THREADS = 2
+THREADS = bench_threads(2)
 
 
 # ------------------------------------------------------------------------------------- helpers

@@ -20,6 +20,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import torchslim
 from torchslim.demo import trained_digits_model
 from torchslim.tables import rows_table
+
+from common import bench_threads
 from torchslim.zoo import resnet18
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -134,7 +136,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
     parser.add_argument("--skip-resnet", action="store_true", help="only the digits case")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(bench_threads(2))
     with tempfile.TemporaryDirectory() as cache:
         rows = digits_case(args.quick, Path(cache))
         if not (args.skip_resnet or args.quick):  # latency targets need a quiet machine and minutes

@@ -82,3 +82,7 @@ def bare_engine(*plugins: tuple[object, str]) -> torchslim.Engine:
     for plugin, name in plugins:
         engine.register(plugin, name=name)
     return engine
+
+#: Seconds a test waits for a subprocess (a benchmark smoke run, the CLI, torchrun): far above ten times
+#: its quiet-machine time, so a busy machine slows the suite down instead of failing it.
+SUBPROCESS_TIMEOUT = 1800

@@ -159,3 +159,17 @@ def test_modules_stay_small(folder):
     big = {str(p.relative_to(ROOT)): n for p in folder.rglob("*.py")
            if (n := len(p.read_text().splitlines())) > 400}
     assert not big, f"modules over 400 lines (split where the parts have names): {big}"
+
+
+def test_old_import_paths_still_work_with_a_deprecation_warning():
+    import importlib
+
+    from torchslim.plugins.svd.modules import LowRankLinear
+
+    with pytest.warns(DeprecationWarning, match="torchslim.lowrank.LowRankLinear moved to torchslim.plugins.svd.modules"):
+        old = importlib.import_module("torchslim.lowrank").LowRankLinear
+    assert old is LowRankLinear
+    with pytest.warns(DeprecationWarning, match="applicable_forms"):
+        assert callable(importlib.import_module("torchslim.decompose").applicable_kinds)
+    with pytest.warns(DeprecationWarning, match="torchslim.demo.digits"):
+        assert callable(importlib.import_module("torchslim.data").digits_loaders)

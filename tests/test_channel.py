@@ -18,6 +18,7 @@ from torchslim.masks import apply_mask
 from torchslim.measure import count_macs
 from torchslim.testing import check_method_plugin, tiny_task
 from torchslim.zoo import DigitsCNN, resnet18
+from helpers import SUBPROCESS_TIMEOUT
 
 pytest.importorskip("torch_pruning")
 
@@ -413,7 +414,7 @@ def test_without_torch_pruning_the_plugin_loads_and_says_what_to_install():
         "except torchslim.RecipeError as exc:\n"
         "    print(exc)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert done.returncode == 0, done.stderr
     assert "step 1 (accelerate/channel)" in done.stdout and "pip install 'torchslim[prune]'" in done.stdout
 

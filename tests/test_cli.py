@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from torchslim.cli import build_parser
+from helpers import SUBPROCESS_TIMEOUT
 
 TORCHSLIM = str(Path(sys.executable).parent / "torchslim")
 
@@ -46,7 +47,7 @@ evaluate: [accuracy, params]
 
 def cli(*args, cwd=None):
     env = dict(os.environ, PYTHONPATH=str(cwd or "."))
-    return subprocess.run([TORCHSLIM, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run([TORCHSLIM, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=SUBPROCESS_TIMEOUT)
 
 
 @pytest.fixture

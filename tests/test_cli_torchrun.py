@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torchslim
 from torchslim.zoo import DigitsCNN
+from helpers import SUBPROCESS_TIMEOUT
 
 
 def torchrun():
@@ -22,7 +23,7 @@ def test_cli_run_works_unchanged_under_torchrun(tmp_path):
     command = [*torchrun(), "--standalone", "--nproc-per-node", "2", "-m", "torchslim.cli", "run", "recipe.yaml",
                "--model", "torchslim.zoo:DigitsCNN", "--data", "data:loaders", "--out", "out"]
     proc = subprocess.run(command, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert proc.stdout.count("2 finetune/sgd") == 1, proc.stdout   # the table is printed by rank 0 alone
     assert "differ between ranks" not in proc.stderr            # one input model, identical compression

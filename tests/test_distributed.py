@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from torchslim import distributed
 from torchslim.distributed import ShardSampler, sharded_loader
+from helpers import SUBPROCESS_TIMEOUT
 
 TESTS = Path(__file__).resolve().parent
 SCRIPT = TESTS / "ddp_script.py"
@@ -55,7 +56,7 @@ def ddp(tmp_path_factory) -> tuple[Path, list[dict]]:
     out = tmp_path_factory.mktemp("ddp")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([*torchrun(), "--standalone", "--nproc-per-node", "2", str(SCRIPT), str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return out, [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 

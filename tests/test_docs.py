@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 import torchslim
+from helpers import SUBPROCESS_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -255,7 +256,7 @@ def test_mkdocs_build_strict(tmp_path):
     command = [str(mkdocs)] if mkdocs.exists() else [sys.executable, "-m", "mkdocs"]
     start = time.perf_counter()
     proc = subprocess.run([*command, "build", "--strict", "-f", str(tmp_path / "mkdocs.yml")],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "site" / "index.html").is_file()
     assert (tmp_path / "site" / "hooks" / "index.html").is_file()
@@ -303,7 +304,7 @@ def test_runnable_blocks_run(page, tmp_path, monkeypatch, one_thread):
             for line in block.code.splitlines():
                 if line.startswith("$ "):
                     proc = subprocess.run(line[2:], shell=True, cwd=tmp_path, env=env,
-                                          capture_output=True, text=True, timeout=300)
+                                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
                     assert proc.returncode == 0, f"{where}: {line}\n{proc.stdout}\n{proc.stderr}"
                     ran += 1
         elif block.marker == "test":

@@ -122,3 +122,32 @@ def test_hook_register_module_kinds_collects_rebuildable_classes():
         registry.register(NotAKind(), name="bad")
     registry.unregister("kinds")
     assert module_kind_name(Doubler) not in registry.module_kinds
+
+
+class CountingRuntime(nn.Module):
+    """A stand-in runtime artifact: runs the model it wraps and counts the calls."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.inner(x)
+
+
+def test_hook_deploy_runs_last_and_every_evaluator_measures_its_artifact():
+    class Counting:
+        @torchslim.hookimpl
+        def deploy(self, model, step, context):
+            return torchslim.StepResult(model=CountingRuntime(model).eval(), info={"runtime": "counting"})
+
+    engine = bare_engine((Scale(), "scale"), (Counting(), "counting"), (WeightNorm(), "weightnorm"))
+    x = torch.randn(3, 4)
+    recipe = {"steps": [{"compress": {"method": "scale"}}, {"deploy": {"method": "counting"}}], "evaluate": ["weightnorm"]}
+    result = engine.run(tiny_model(), recipe, example_inputs=(x,))
+    assert isinstance(result.model, CountingRuntime) and result.steps[-1].label == "deploy/counting"
+    assert result.model.calls >= 1  # the engine's interface check ran the artifact on the example inputs
+    with pytest.raises(torchslim.RecipeError, match="deploy step but step 2 .* follows it"):
+        engine.recipe({"steps": [{"deploy": {"method": "counting"}}, {"compress": {"method": "scale"}}]})

@@ -6,7 +6,6 @@ leaving out every torchslim distribution, so nothing of the working tree leaks i
 """
 
 import json
-import os
 import site
 import subprocess
 import sys

@@ -14,6 +14,7 @@ from torch.nn.utils import parametrize
 
 import torchslim
 from torchslim import io, masks, zoo
+from torchslim.io import atomic, writer
 from torchslim.plugins.svd import modules as lowrank
 from torchslim.io.manifest import FORMAT_VERSION, checksum_of
 from torchslim.results import RunResult
@@ -467,13 +468,13 @@ def test_a_different_layer_type_at_a_path_is_named(tmp_path):
 def test_a_failed_save_leaves_the_previous_save_intact(tmp_path, monkeypatch):
     first = prune(digits(0), 0.9)
     torchslim.save(first, tmp_path / "m")
-    real = io.save_file
+    real = writer.save_file
 
     def write_then_fail(*args, **kwargs):
         real(*args, **kwargs)
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(io, "save_file", write_then_fail)
+    monkeypatch.setattr(writer, "save_file", write_then_fail)
     with pytest.raises(torchslim.SaveLoadError, match="disk full.*unchanged"):
         torchslim.save(prune(digits(1), 0.5), tmp_path / "m")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no scratch directories left behind
@@ -484,7 +485,7 @@ def test_a_failed_save_leaves_the_previous_save_intact(tmp_path, monkeypatch):
 @pytest.mark.parametrize("exchange", [True, False], ids=["renameat2-exchange", "two-renames"])
 def test_saving_again_replaces_the_previous_save(tmp_path, monkeypatch, exchange):
     if not exchange:
-        monkeypatch.setattr(io, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     torchslim.save(prune(digits(0), 0.9), tmp_path / "m")
     second = prune(digits(1), 0.5)
     torchslim.save(second, tmp_path / "m")
@@ -527,3 +528,18 @@ def test_saving_through_a_symlink_replaces_the_linked_directory(tmp_path):
     assert (tmp_path / "link").is_symlink()
     loaded = torchslim.load(tmp_path / "real", zoo.DigitsCNN()).eval()
     assert torch.equal(loaded(X), second(X))
+
+
+def test_a_manifest_of_torchslim_0_1_with_old_module_kind_names_loads(tmp_path):
+    torch.manual_seed(0)
+    model = zoo.DigitsCNN()
+    model.fc1 = lowrank.LowRankLinear(1024, 128, rank=16)
+    torchslim.save(model, tmp_path / "old")
+    # 0.1 named the factor modules by their old home, torchslim.lowrank
+    edit_manifest(tmp_path / "old" / "manifest.json",
+                  lambda m: [rec.update(kind=rec["kind"].replace("torchslim.plugins.svd.modules.", "torchslim.lowrank."))
+                             for rec in m["modules"]], reseal=True)
+    assert "torchslim.lowrank.LowRankLinear" in (tmp_path / "old" / "manifest.json").read_text()
+    loaded = torchslim.load(tmp_path / "old", zoo.DigitsCNN()).eval()
+    assert isinstance(loaded.fc1, lowrank.LowRankLinear)
+    torch.testing.assert_close(loaded(X), model.eval()(X))

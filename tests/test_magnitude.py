@@ -21,6 +21,7 @@ from torchslim.masks import get_mask, masked_parameters
 from torchslim.plugins.magnitude import MagnitudePruning, cubic_schedule, prune
 from torchslim.testing import check_method_plugin, tiny_task
 from torchslim.zoo import MLP, DigitsCNN
+from helpers import SUBPROCESS_TIMEOUT
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -461,7 +462,7 @@ def test_bench_quick_runs_and_writes_json(tmp_path):
     out = tmp_path / "pruning.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "pruning.py"), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=240, env=env)
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads(out.read_text())
     assert {"digits", "speed", "size"} <= set(data)
@@ -474,7 +475,7 @@ def test_bench_mnist1d_gradual_beats_one_shot_when_one_shot_does_not_recover(tmp
     pytest.importorskip("mnist1d")
     out = tmp_path / "pruning.json"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "pruning.py"), "--quick", "--mnist1d", "--json", str(out)],
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runs = json.loads(out.read_text())["mnist1d"]["runs"]
     accuracy = {r["method"]: r["accuracy"] for r in runs}

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import torchslim
+from torchslim.plugins.evaluators import Macs, Params, Size
 from torchslim.preflight import PreflightReport, preflight
 from torchslim.plugins.magnitude import MagnitudePruning
 
@@ -99,7 +100,7 @@ def test_a_step_whose_model_no_longer_runs_is_caught():
 
 
 def test_report_serialises_and_takes_inputs_from_data():
-    engine = bare_engine((MagnitudePruning(), "magnitude"))
+    engine = bare_engine((MagnitudePruning(), "magnitude"), (Macs(), "macs"), (Params(), "params"), (Size(), "size"))
     case = ZOO["bn_cnn"]()
     report = preflight(engine, case.model, {"steps": [{"compress": {"method": "magnitude", "sparsity": 0.9}}],
                                             "evaluate": []}, eval_data=case.loader())

@@ -108,7 +108,8 @@ def _magnitude(draw) -> dict:
 
 
 def _svd(draw) -> dict:
-    body = {"method": "svd", "measure_latency": False, "kind": draw(st.sampled_from(["channel", "spatial", "auto"]))}
+    body = {"method": "svd", "measure_latency": False,
+            "factorization": draw(st.sampled_from(["weight", "spatial", "auto"]))}
     rule = draw(st.sampled_from(["rank_ratio", "rank", "energy", "mac_ratio"]))
     body[rule] = draw({"rank_ratio": st.floats(0.05, 1.0), "rank": st.integers(1, 8),
                        "energy": st.floats(0.5, 1.0), "mac_ratio": st.floats(0.3, 1.0)}[rule])

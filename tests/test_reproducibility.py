@@ -17,7 +17,7 @@ import torchslim
 from torchslim.demo import digits_loaders
 from torchslim.zoo import DigitsCNN
 
-from helpers import same_state, state_copy
+from helpers import SUBPROCESS_TIMEOUT, same_state, state_copy
 
 RECIPE = {
     "steps": [
@@ -158,7 +158,7 @@ def test_memory_bench_quick_measures_every_case(tmp_path):
     script = Path(__file__).resolve().parents[1] / "bench" / "memory.py"
     out = tmp_path / "memory.json"
     done = subprocess.run([sys.executable, str(script), "--quick", "--out", str(out)], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=SUBPROCESS_TIMEOUT)
     assert done.returncode == 0, done.stderr[-2000:]
     data = json.loads(out.read_text())
     cases = data["cases"]

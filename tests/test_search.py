@@ -1,11 +1,10 @@
 """Automatic strategy search: sensitivity, allocation to a target, fine-tune, back off, cache."""
 
 import pytest
-import torch
 
 import torchslim
 from torchslim.demo import trained_digits_model
-from torchslim.search import Knob, Searcher, allocate, default_grid, strength_field
+from torchslim.search import Knob, allocate, default_grid, strength_field
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from torchslim.measure import count_macs
 from torchslim.plugins.svd import SVDDecomposition, decompose
 from torchslim.plugins.svd.timing import raised_floor
 from torchslim.zoo import DigitsCNN
+from helpers import SUBPROCESS_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"measure_latency": False}
@@ -360,7 +361,7 @@ def test_bench_quick_runs(tmp_path):
     out = tmp_path / "decompose.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "decompose.py"), "--quick", "--json", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
+                          cwd=ROOT, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["quick"] is True and data["resnet"] and data["decompose_time"]
@@ -368,3 +369,10 @@ def test_bench_quick_runs(tmp_path):
     # the decomposed models run in every runtime timed, the deployment ones (folded batch norms) included
     assert {row["runtime"] for row in data["resnet"] if row["method"] == "svd"} == {
         "eager", "channels_last", "torchscript", "onnxruntime"}
+
+
+def test_the_0_1_spelling_kind_channel_still_validates_with_a_warning():
+    engine = torchslim.Engine()
+    with pytest.warns(DeprecationWarning, match="'kind' is now 'factorization'"):
+        recipe = engine.recipe({"steps": [{"accelerate": {"method": "svd", "kind": "channel"}}], "evaluate": []})
+    assert recipe.steps[0].options.factorization == "weight"

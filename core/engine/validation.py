@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
 from torch import nn
 
 from ..errors import PluginError, RecipeError, TorchslimError
@@ -81,7 +81,7 @@ def validate_options(registry: PluginRegistry, step: Step, where: str) -> Any:
         if raw:
             raise RecipeError(f"{where}: method {step.method!r} takes no options, got {sorted(raw)}")
         return raw
-    known = set(options_model.model_fields) | {f.alias for f in options_model.model_fields.values() if f.alias}
+    known = accepted_keys(options_model)
     extra = sorted(set(raw) - known)
     if extra and options_model.model_config.get("extra") != "allow":
         raise RecipeError(
@@ -92,6 +92,21 @@ def validate_options(registry: PluginRegistry, step: Step, where: str) -> Any:
     except ValidationError as exc:
         text = format_validation_error(exc, raw, prefix=where)
         raise RecipeError(text.replace("invalid recipe:\n  ", "")) from None
+
+
+def accepted_keys(options_model: type[BaseModel]) -> set[str]:
+    """The keys an Options model accepts: field names, aliases and validation aliases (old spellings)."""
+    keys = set()
+    for name, field in options_model.model_fields.items():
+        keys.add(name)
+        if field.alias:
+            keys.add(field.alias)
+        choices = field.validation_alias
+        if isinstance(choices, str):
+            keys.add(choices)
+        elif isinstance(choices, AliasChoices):
+            keys.update(choice for choice in choices.choices if isinstance(choice, str))
+    return keys
 
 
 def check_targets(registry: PluginRegistry, model: nn.Module, recipe: Recipe) -> None:

@@ -8,7 +8,7 @@ edits on a copy of a freshly built base model, re-registers the masks and loads 
     torchslim.save(result, "out/model")
     model = torchslim.load("out/model", base_model=build_model())
 
-The package: :mod:`.save` and :mod:`.load` (the two entry points), :mod:`.manifest` (the JSON schema),
+The package: :mod:`.writer` (:func:`save`) and :mod:`.reader` (:func:`load`), :mod:`.manifest` (the JSON schema),
 :mod:`.encoding` and :mod:`.sparse` (tensors to stored parts), :mod:`.structure` (structural edits,
 recorded and replayed), :mod:`.layers` (standard layers' constructor arguments), :mod:`.atomic` (atomic
 files and directories) and :mod:`.checkpoint` (per-step checkpoints for resumable runs).
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from ..surgery import own_parametrized_classes
 from .layers import STANDARD_LAYERS, layer_args
-from .load import default_registry, load
-from .save import save, saved_size_bytes
+from .reader import default_registry, load
+from .writer import save, saved_size_bytes
 
 __all__ = ["STANDARD_LAYERS", "default_registry", "layer_args", "load", "own_parametrized_classes", "save",
            "saved_size_bytes"]

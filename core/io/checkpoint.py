@@ -14,8 +14,8 @@ from torch import nn
 
 from ..results import StepRecord
 from .atomic import write_json_atomic
-from .load import load
-from .save import save
+from .reader import load
+from .writer import save
 
 log = logging.getLogger("torchslim")
 PROGRESS = "progress.json"

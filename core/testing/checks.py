@@ -26,13 +26,12 @@ UNKNOWN_OPTION = "torchslim_testing_unknown_option"
 _DIRECTIONS = ("higher", "lower")
 
 
-def _check_options_model(plugin: Any, name: str) -> type:
+def _check_options_model(plugin: Any, name: str) -> type | None:
     from pydantic import BaseModel
 
     options = getattr(plugin, "Options", None)
-    assert options is not None, (
-        f"method {name!r} has no Options attribute; give it a pydantic model (even an empty one) so "
-        f"recipes are validated before any work starts")
+    if options is None:  # a method without options: the engine refuses any option given to it
+        return None
     assert isinstance(options, type) and issubclass(options, BaseModel), (
         f"method {name!r}: Options must be a pydantic BaseModel subclass, got {options!r}")
     assert options.model_config.get("extra") == "forbid", (
@@ -255,7 +254,8 @@ def _check_after_pruning(engine: "Engine", name: str, stage: str, model: Any, go
 
 
 def _masked_copy(model: Any, plugin: Any, targets: Any) -> Any:
-    """A copy of ``model`` whose targeted weights carry a 50 % magnitude mask, as a pruning step leaves them."""
+    """A copy of ``model`` whose targeted weights carry a light magnitude mask (the smallest 5 % zeroed), as a
+    pruning step leaves them; light, so that a pruning method asked for more still has work to do."""
     import torch
 
     from ..masks import apply_mask
@@ -270,7 +270,8 @@ def _masked_copy(model: Any, plugin: Any, targets: Any) -> Any:
     for _, module in chosen:
         weight = getattr(module, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.is_floating_point() and weight.numel() > 1:
-            apply_mask(module, "weight", weight.detach().abs() >= weight.detach().abs().median())
+            magnitude = weight.detach().abs()
+            apply_mask(module, "weight", magnitude > magnitude.flatten().kthvalue(max(1, magnitude.numel() // 20)).values)
             masked += 1
     return copied if masked else None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 RANK_OPTIONS = ("rank", "rank_ratio", "energy", "mac_ratio")
 
@@ -16,11 +16,11 @@ class SVDOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     factorization: Literal["auto", "weight", "spatial"] = Field(
-        "weight",
+        "weight", validation_alias=AliasChoices("factorization", "kind"),
         description="conv factorization: 'weight' (KxK with r filters then 1x1, AIMET's weight SVD), "
                     "'spatial' (Kx1 then 1xK; convs with a 1-wide kernel and Conv1d use weight) or 'auto' "
                     "(per layer, fewer MACs at the rank, or less error at the MAC budget with mac_ratio); "
-                    "Linear layers always become two Linears. The old spelling kind: channel still works")
+                    "Linear layers always become two Linears. 0.1's spelling kind: channel still validates")
     rank: int | None = Field(None, ge=1, description="fixed rank (per group) for every layer, capped at full rank")
     rank_ratio: float = Field(
         0.5, gt=0, le=1, json_schema_extra={"strength": "lower"},
@@ -74,17 +74,20 @@ class SVDOptions(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _old_kind_spelling(cls, data: Any) -> Any:
-        """Accept 0.1's ``kind: channel|spatial|auto`` as ``factorization`` (deprecated, removed in 0.3)."""
+    def _old_key(cls, data: Any) -> Any:
         if isinstance(data, dict) and "kind" in data:
-            data = dict(data)
-            kind = data.pop("kind")
-            if "factorization" in data:
-                raise ValueError("give factorization only (kind is its old name)")
-            warnings.warn("svd option 'kind' is now 'factorization' (and 'channel' is 'weight')",
-                          DeprecationWarning, stacklevel=2)
-            data["factorization"] = "weight" if kind == "channel" else kind
+            warnings.warn("svd option 'kind' is now 'factorization'", DeprecationWarning, stacklevel=2)
         return data
+
+    @field_validator("factorization", mode="before")
+    @classmethod
+    def _old_value(cls, value: Any) -> Any:
+        """0.1's ``kind: channel`` is ``factorization: weight`` (deprecated spelling, removed in 0.3)."""
+        if value == "channel":
+            warnings.warn("svd: factorization (formerly kind) 'channel' is now 'weight'", DeprecationWarning,
+                          stacklevel=2)
+            return "weight"
+        return value
 
     @model_validator(mode="after")
     def _one_rank_rule(self) -> "SVDOptions":
