@@ -7,18 +7,26 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 TORCH_CPU ?= torch==2.13.0
 CONTRIB := $(wildcard contrib/*/pyproject.toml)
+# Example packages that only the tests use (a company's presets); `make demo` leaves them out of .venv.
+EXAMPLES := contrib/acme-strategies/pyproject.toml
+PLUGINS := $(filter-out $(EXAMPLES),$(CONTRIB))
 STAMP := $(VENV)/.torchslim-installed
+TEST_STAMP := $(VENV)/.torchslim-test-installed
 
 .PHONY: test demo docs bench-quick clean
 
-$(STAMP): pyproject.toml $(CONTRIB)
+$(STAMP): pyproject.toml $(PLUGINS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_CPU)
 	$(PIP) install -e ".[dev,onnx,prune]"
-	for p in $(CONTRIB); do $(PIP) install "./$$(dirname $$p)" || exit 1; done
+	for p in $(PLUGINS); do $(PIP) install "./$$(dirname $$p)" || exit 1; done
 	touch $@
 
-test: $(STAMP)
+$(TEST_STAMP): $(STAMP) $(EXAMPLES)
+	for p in $(EXAMPLES); do $(PIP) install "./$$(dirname $$p)" || exit 1; done
+	touch $@
+
+test: $(TEST_STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider
 
 demo: $(STAMP)

@@ -136,6 +136,17 @@ def example_inputs_from(example_inputs: Any, *loaders: Iterable | None) -> tuple
     return ()
 
 
+def describe_inputs(inputs: Any) -> str:
+    """``(1, 1, 8, 8) float32`` or ``{input_ids: (4, 16) int64, ...}``: what a measurement ran on."""
+    if isinstance(inputs, torch.Tensor):
+        return f"{tuple(inputs.shape)} {str(inputs.dtype).removeprefix('torch.')}"
+    if isinstance(inputs, Mapping):
+        return "{" + ", ".join(f"{k}: {describe_inputs(v)}" for k, v in inputs.items()) + "}"
+    if isinstance(inputs, (tuple, list)):
+        return ", ".join(describe_inputs(v) for v in inputs)
+    return type(inputs).__name__
+
+
 def float_tensors(output: Any) -> list[torch.Tensor]:
     """The floating-point tensors of a model output (tensor, tuple, list or dict), flattened and detached."""
     return [tensor.detach().float() for tensor in tensors_in(output) if tensor.is_floating_point()]

@@ -175,6 +175,9 @@ class Method(Protocol):
                                "as json_schema_extra={'strength': 'higher' | 'lower'}"]
     changes_outputs: Annotated[bool, "True when the method changes the model's output structure, shapes or "
                                      "dtypes on purpose (the engine's interface check then skips it)"]
+    needs: Annotated[tuple, "what a run must be given for the method: any of 'train_data', 'eval_data', "
+                            "'example_inputs'; the engine checks before the first step (a finetune method "
+                            "needs train_data without saying so)"]
 
 
 class Trainer(Method, Protocol):

@@ -57,6 +57,13 @@ class Mask(nn.Module):
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return X * self.mask
 
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        # Called straight, without module hooks: a parametrization is arithmetic on a tensor, not a layer.
+        # Global hooks (torch.utils.module_tracker, used by FlopCounterMode) see the stored Parameter as an
+        # input that requires grad and fail under torch.inference_mode(), so a pruned model could not be
+        # measured there; skipping them keeps every tool that works on the unpruned model working.
+        return self.forward(X)
+
     def extra_repr(self) -> str:
         kept = int(self.mask.sum())
         return f"shape={tuple(self.mask.shape)}, kept={kept}/{self.mask.numel()}"

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .batches import as_inputs, call_model, first_tensor, to_device
+from .batches import as_inputs, call_model, describe_inputs, first_tensor, to_device
 from .errors import DataError
 from .surgery import model_device
 
@@ -118,23 +118,13 @@ def _as_call(inputs: Any) -> Any:
     )
 
 
-def _describe(inputs: Any) -> str:
-    if isinstance(inputs, torch.Tensor):
-        return f"{tuple(inputs.shape)} {str(inputs.dtype).replace('torch.', '')}"
-    if isinstance(inputs, Mapping):
-        return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in inputs.items()) + "}"
-    if isinstance(inputs, (tuple, list)):
-        return "(" + ", ".join(_describe(v) for v in inputs) + ")"
-    return type(inputs).__name__
-
-
 def _run(model: nn.Module, inputs: Any, purpose: str) -> Any:
     """Call ``model`` on ``inputs``; a failure becomes a :class:`DataError` naming the input shapes."""
     try:
         return call_model(model, inputs)
     except Exception as exc:  # noqa: BLE001 - any failure here means the inputs do not fit the model
         raise DataError(
-            f"{purpose}: the model failed on example_inputs {_describe(inputs)}: {type(exc).__name__}: {exc}; "
+            f"{purpose}: the model failed on example_inputs {describe_inputs(inputs)}: {type(exc).__name__}: {exc}; "
             f"pass example_inputs=... that the model's forward accepts"
         ) from exc
 

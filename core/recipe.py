@@ -181,6 +181,9 @@ class Recipe(StrictModel):
                                      description="conditions the final model must meet")
     search: Search | None = Field(None, description="automatic per-layer strength search (after the steps)")
     seed: int | None = Field(None, description="random seed; overrides Engine.run(seed=...)")
+    bake_masks: bool = Field(
+        False, description="return plain modules with the pruning masks baked in (the zeros stay; no "
+                           "parametrizations left). Off: masks stay, so zeros hold through further fine-tuning")
 
     @model_validator(mode="after")
     def _deploy_last(self) -> "Recipe":

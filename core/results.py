@@ -17,13 +17,15 @@ class StepResult:
 
     ``model`` is the model to continue with (the same object, changed in place, or a new one).
     ``report`` holds per-layer rows (dicts with the same keys), ``skipped`` the ``(layer, reason)``
-    pairs a method left alone, and ``info`` any summary values worth showing (JSON-serialisable).
+    pairs a method left alone, ``info`` any summary values worth showing (JSON-serialisable), and
+    ``warnings`` sentences the user should read (they appear under the run table and in the CLI).
     """
 
     model: nn.Module
     report: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -39,6 +41,7 @@ class StepRecord:
     report: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -53,6 +56,12 @@ class RunResult:
     constraints: list[dict[str, Any]] = field(default_factory=list)
     seed: int = 0
     search: dict[str, Any] | None = None
+    example_inputs: str = ""
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every step's warnings, in run order, each prefixed with its step."""
+        return [f"step {r.index}: {w}" for r in self.steps for w in r.warnings]
 
     @property
     def metrics(self) -> dict[str, dict[str, float]]:
@@ -95,12 +104,14 @@ class RunResult:
                     "report": r.report,
                     "skipped": [list(s) for s in r.skipped],
                     "info": r.info,
+                    "warnings": r.warnings,
                 }
                 for r in self.steps
             ],
             "constraints": self.constraints,
             "constraints_met": self.constraints_met,
             "search": self.search,
+            "example_inputs": self.example_inputs,
         }
 
     def to_json(self, indent: int = 2) -> str:

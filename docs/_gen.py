@@ -522,7 +522,8 @@ def generate_cli() -> str:
         parser.prog = "torchslim"
         out = [GENERATED.format(source="torchslim.cli.build_parser()"), "# CLI reference\n\n"]
         out.append("The `torchslim` command is installed with the package. Every command takes `--help`; "
-                   "bad input ends with exit code 2 and a one-line message.\n\n")
+                   "bad input ends with exit code 2 and a message naming the field, the value and the fix, before any "
+                   "work; the exit codes are listed under `torchslim --help`.\n\n")
         out.append(f"```text\n$ torchslim --help\n{parser.format_help().rstrip()}\n```\n\n")
 
         def walk(prefix: str, current: argparse.ArgumentParser, level: int) -> None:

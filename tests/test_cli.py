@@ -96,13 +96,39 @@ def test_run_writes_report_and_model(project):
         (["run", "bad.yaml", "--model", "usermodels:build", "--out", "o"], "step 1 (finetune/sgd)"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(project, args, message):
+def test_bad_input_exits_2_with_a_clear_message(project, args, message):
     (project / "bad.yaml").write_text("steps:\n  - finetune: {method: sgd, epochs: -1}\n")
     proc = cli(*args, cwd=project)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("torchslim: error: ") and message in lines[0], proc.stderr
+    assert proc.stderr.startswith("torchslim: error: ") and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_recipe_with_several_problems_shows_one_a_line(project):
+    (project / "bad.yaml").write_text("steps:\n  - finetune: {method: sgd, epochs: -1}\n"
+                                      "  - compress: {method: magnitude, sparsity: 2}\n")
+    proc = cli("run", "bad.yaml", "--model", "usermodels:build", "--data", "usermodels:data", "--out", "o",
+               cwd=project)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert any("step 1 (finetune/sgd)" in line for line in lines[1:])
+    assert any("step 2 (compress/magnitude)" in line for line in lines[1:])
+
+
+def test_what_a_recipe_needs_is_checked_before_the_first_step(project):
+    proc = cli("run", "recipe.yaml", "--model", "usermodels:build", "--out", "out", cwd=project)
+    assert proc.returncode == 2, proc.stderr
+    assert "step 1 (finetune/sgd) needs train_data" in proc.stderr and "--data" in proc.stderr
+    assert not (project / "out" / "checkpoints").exists()  # nothing ran
+
+
+def test_an_unmet_constraint_exits_3_after_writing_the_outputs(project):
+    (project / "strict.yaml").write_text(RECIPE + "constraints: {max_ratio: {params: 0.5}}\n")
+    proc = cli("run", "strict.yaml", "--model", "usermodels:build", "--data", "usermodels:data", "--out", "out",
+               cwd=project)
+    assert proc.returncode == 3, proc.stderr
+    assert "FAILED max_ratio.params" in proc.stdout
+    assert (project / "out" / "model" / "manifest.json").is_file()
 
 
 def test_parser_has_every_command():

@@ -376,3 +376,13 @@ def test_the_0_1_spelling_kind_channel_still_validates_with_a_warning():
     with pytest.warns(DeprecationWarning, match="'kind' is now 'factorization'"):
         recipe = engine.recipe({"steps": [{"accelerate": {"method": "svd", "kind": "channel"}}], "evaluate": []})
     assert recipe.steps[0].options.factorization == "weight"
+
+
+def test_a_mac_ratio_the_latency_gate_blocks_fails_the_step_naming_the_option(trained_digits_cnn):
+    model = copy.deepcopy(trained_digits_cnn)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(torchslim.ModelError, match=r"mac_ratio=0.5 \(model\) cannot be reached.*latency gate.*"
+                                                   r"min_speedup.*measure_latency: false"):
+        decompose(model, (_x(8),), {"mac_ratio": 0.5, "measure_latency": True, "min_speedup": 50.0,
+                                    "latency_runs": 2})
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # nothing changed

@@ -10,11 +10,11 @@ import sys
 from typing import Callable, Sequence
 
 from ..errors import DataError, ExportError, PluginError, RecipeError, SaveLoadError, TorchslimError
-from .commands import COMMANDS, EXIT_BAD_INPUT, EXIT_FAILED, write_outputs
+from .commands import COMMANDS, EXIT_BAD_INPUT, EXIT_CONSTRAINTS, EXIT_FAILED, write_outputs
 from .loading import UsageError, load_object
 from .parser import build_parser
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "UsageError", "build_parser", "load_object", "main", "write_outputs"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_CONSTRAINTS", "EXIT_FAILED", "UsageError", "build_parser", "load_object", "main", "write_outputs"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         code = EXIT_BAD_INPUT if _is_bad_input(exc) else EXIT_FAILED
-        print(f"torchslim: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"torchslim: error: {_lines(exc)}", file=sys.stderr)
         return code
     except KeyboardInterrupt:  # pragma: no cover - interactive
         print("torchslim: interrupted", file=sys.stderr)
@@ -42,6 +42,7 @@ def _is_bad_input(exc: Exception) -> bool:
     return isinstance(exc, (UsageError, RecipeError, PluginError, DataError, SaveLoadError, ExportError))
 
 
-def _one_line(exc: Exception) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return "; ".join(lines)
+def _lines(exc: Exception) -> str:
+    """The error as the user should read it: one problem a line (a recipe with three problems shows three)."""
+    lines = [line.rstrip() for line in str(exc).splitlines() if line.strip()]
+    return "\n".join(lines)

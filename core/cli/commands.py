@@ -17,8 +17,12 @@ from ..registry import PluginRegistry
 from ..tables import rows_table
 from .loading import UsageError, build_model, call_factory, data_kwargs, example_inputs_of
 
-EXIT_BAD_INPUT = 2
+#: Exit codes: 0 done; 1 a step or evaluation failed while running; 2 bad input (command line, recipe,
+#: data, plugins, saved files), found before any work; 3 the run finished and wrote its outputs, but a
+#: constraint (or the search's target) was not met.
 EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_CONSTRAINTS = 3
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -82,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _print_plots(result)
         written = write_outputs(result, Path(args.out))
         print("wrote " + ", ".join(str(p) for p in written))
-    return 0 if result.constraints_met else EXIT_FAILED
+    return 0 if result.constraints_met else EXIT_CONSTRAINTS
 
 
 def _print_plots(result) -> None:
@@ -110,6 +114,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.out:
         written = write_outputs(result, Path(args.out))
         print("wrote " + ", ".join(str(p) for p in written))
+    else:
+        print("nothing was saved; add --out DIR to keep the report and the compressed model")
     return 0
 
 

@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+EXIT_CODES = """exit codes:
+  0  done
+  1  a step or an evaluation failed while running
+  2  bad input (command line, recipe, data, plugins, saved files), found before any work
+  3  the run finished and wrote its outputs, but a constraint (or the search's target) was not met"""
+
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``torchslim`` command (docs/cli.md is generated from it)."""
     """The argument parser of the ``torchslim`` command (docs/cli.md is generated from it)."""
     parser = argparse.ArgumentParser(
         prog="torchslim",
         description="Make trained PyTorch models smaller and faster, fine-tune them back, and prove it.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from ..engine import Engine
 from ..results import RunResult
@@ -53,12 +55,15 @@ def train_classifier(model: nn.Module, loader, epochs: int = 12, lr: float = 3e-
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(loader))
     model.train()
-    for _ in range(epochs):
-        for x, y in loader:
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
-            scheduler.step()
+    with tqdm(total=epochs * len(loader), desc="training the base model", disable=not sys.stderr.isatty(),
+              leave=False) as bar:
+        for _ in range(epochs):
+            for x, y in loader:
+                optimizer.zero_grad()
+                nn.functional.cross_entropy(model(x), y).backward()
+                optimizer.step()
+                scheduler.step()
+                bar.update(1)
     return model.eval()
 
 

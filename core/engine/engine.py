@@ -9,8 +9,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .. import distributed
-from ..batches import example_inputs_from
+from .. import distributed, masks
+from ..batches import describe_inputs, example_inputs_from, has_inputs
 from ..constraints import check_constraints
 from ..context import LossFn, MetricFn, RunContext
 from ..errors import RecipeError, StepError, TorchslimError
@@ -23,9 +23,10 @@ from ..search import Searcher
 from ..seeding import seeded_loader
 from ..surgery import fingerprint, model_device, private_copy
 from .original import LentOriginal
+from .gaps import before_step, step_warnings
 from .interface import interface_of
 from .steps import check_interface, run_nested, run_step
-from .validation import check_targets, validate_options, validate_recipe
+from .validation import check_inputs, check_targets, validate_options, validate_recipe
 
 log = logging.getLogger("torchslim")
 
@@ -126,6 +127,9 @@ class Engine:
             raise TorchslimError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         recipe = self.recipe(recipe)
         self.check_targets(model, recipe)
+        example_inputs = example_inputs_from(example_inputs, eval_data, train_data)
+        check_inputs(self.registry, recipe, {"train_data": train_data is not None, "eval_data": eval_data is not None,
+                                             "example_inputs": has_inputs(example_inputs)})
         seed = recipe.seed if recipe.seed is not None else seed
         device = torch.device(device) if device is not None else model_device(model)
         # Under torchrun: join the process group; a CUDA device becomes this rank's cuda:LOCAL_RANK.
@@ -133,7 +137,7 @@ class Engine:
         original = LentOriginal(model, device)
         context = RunContext(
             train_data=train_data, eval_data=eval_data,
-            example_inputs=example_inputs_from(example_inputs, eval_data, train_data),
+            example_inputs=example_inputs,
             original_factory=original.get, loss_fn=loss_fn, metric_fn=metric_fn, device=device, seed=seed,
             recipe=recipe, evaluation=recipe.evaluation,
         )
@@ -161,12 +165,16 @@ class Engine:
         for index, step in enumerate(recipe.steps, start=1):
             if index <= len(records):
                 continue
+            plugin = self.registry.get(step.stage, step.method)
+            before = before_step(working, step, plugin)
             with seeded_loader(context.train_data, context.seed + index):
                 working, record = run_step(self.registry, working, step, index, context)
             where = f"step {index} ({step.label})"
             original.check(where)
-            interface = check_interface(self.registry.get(step.stage, step.method), working, interface, context,
-                                        where, f"plugin {step.method!r}")
+            interface = check_interface(plugin, working, interface, context, where, f"plugin {step.method!r}")
+            record.warnings += step_warnings(before, working, step, record.skipped)
+            for warning in record.warnings:
+                log.warning("step %d: %s", index, warning)
             distributed.sync_model(working, f"step {index} ({step.label})")
             record.metrics = self._evaluate(working, recipe, context)
             records.append(record)
@@ -176,10 +184,13 @@ class Engine:
         search_summary = None
         if recipe.search is not None:
             working, search_summary = self._search(working, recipe, context, records, baseline, out_dir)
+        if recipe.bake_masks:
+            masks.finalize(working)
         working.eval()  # the result is for inference; fine-tune it further with .train()
         directions = dict(self.registry.directions())
         result = RunResult(model=working, recipe=recipe, baseline=baseline, steps=records,
-                           directions=directions, seed=context.seed, search=search_summary)
+                           directions=directions, seed=context.seed, search=search_summary,
+                           example_inputs=describe_inputs(context.example_inputs))
         result.constraints = check_constraints(recipe, baseline, result.final, directions)
         return result
 

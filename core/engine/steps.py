@@ -48,6 +48,7 @@ def run_step(registry: PluginRegistry, model: nn.Module, step: Step, index: int,
         index=index, label=step.label, options=options, metrics={},
         seconds=timing.get("seconds", elapsed), peak_memory_mb=timing.get("peak_memory_mb"),
         report=list(result.report), skipped=list(result.skipped), info=dict(result.info),
+        warnings=list(result.warnings),
     )
     return result.model, record
 

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import AliasChoices, BaseModel, ValidationError
 from torch import nn
 
-from ..errors import PluginError, RecipeError, TorchslimError
+from ..errors import DataError, PluginError, RecipeError, TorchslimError
 from ..recipe import Recipe, Step, Targets, format_validation_error
 from ..registry import PluginRegistry
 from ..targets import WEIGHT_LAYERS, require_selection
@@ -120,3 +120,30 @@ def check_targets(registry: PluginRegistry, model: nn.Module, recipe: Recipe) ->
             require_selection(model, step.targets, defaults, f"step {index + 1} ({step.label})")
         except TorchslimError as exc:
             raise RecipeError(str(exc)) from None
+
+
+#: What each kind of input is called on the command line, for the error message.
+_CLI = {"train_data": "--data", "eval_data": "--data", "example_inputs": "--data or --input-shape"}
+
+
+def check_inputs(registry: PluginRegistry, recipe: Recipe, given: dict[str, bool]) -> None:
+    """Raise a :class:`DataError` before any work when a step or the search lacks the data it needs.
+
+    ``given`` says which of ``train_data``, ``eval_data`` and ``example_inputs`` the run has. A finetune
+    step needs ``train_data``; a method declares more in its ``needs`` attribute; the search scores
+    layers on ``eval_data``.
+    """
+    problems = []
+    for index, step in enumerate(recipe.steps, start=1):
+        needs = set(getattr(registry.get(step.stage, step.method), "needs", ()) or ())
+        if step.stage == "finetune":
+            needs.add("train_data")
+        for name in sorted(needs):
+            if not given.get(name):
+                problems.append(f"step {index} ({step.label}) needs {name}, but none was given; pass {name}=... "
+                                f"to Engine.run (on the command line: {_CLI[name]})")
+    if recipe.search is not None and not given.get("eval_data"):
+        problems.append("the search scores each layer on eval_data, but none was given; pass eval_data=... to "
+                        "Engine.run (on the command line: --data)")
+    if problems:
+        raise DataError("\n".join(problems))

@@ -114,9 +114,18 @@ def load(directory: str | os.PathLike, base_model: nn.Module, *, registry: Plugi
         _check_fits(model, tensors, manifest, base_model)
         _match_dtypes(model, tensors)
         model.load_state_dict(tensors, strict=True)
-    except TorchslimError:
-        raise
+    except TorchslimError as exc:
+        raise SaveLoadError(_with_origin(str(exc), manifest, base_model)) from exc
     except Exception as exc:
-        raise SaveLoadError(f"loading {directory} into {type(base_model).__name__} failed: "
-                            f"{type(exc).__name__}: {exc}") from exc
+        raise SaveLoadError(_with_origin(f"loading {directory} into {type(base_model).__name__} failed: "
+                                         f"{type(exc).__name__}: {exc}", manifest, base_model)) from exc
     return model
+
+
+def _with_origin(message: str, manifest: Manifest, base_model: nn.Module) -> str:
+    """``message`` plus the class the model was saved from, and the base model's, when it lacks them."""
+    if "saved from" in message:
+        return message
+    base = module_kind_name(type(base_model))
+    same = "the same class" if base == manifest.model_class else f"base_model is {base}"
+    return f"{message} (the model was saved from {manifest.model_class}; {same})"

@@ -116,6 +116,11 @@ def declaration_problems(plugin: Any, owner: str, stages: tuple[str, ...]) -> li
             wrong = {k: v for k, v in metrics.items() if v not in _DIRECTIONS}
             if wrong:
                 problems.append(f"{owner}: metric directions must be 'higher' or 'lower', got {wrong}")
+    needs = getattr(plugin, "needs", ())
+    wrong = [n for n in (needs or ()) if n not in ("train_data", "eval_data", "example_inputs")] \
+        if isinstance(needs, (tuple, list)) else [needs]
+    if wrong:
+        problems.append(f"{owner}: needs may name 'train_data', 'eval_data' and 'example_inputs', got {wrong}")
     longer = getattr(plugin, "train_longer", None)
     if longer is not None and not callable(longer):
         problems.append(f"{owner}: train_longer must be a method train_longer(options, factor) -> options")

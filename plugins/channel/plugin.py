@@ -19,6 +19,7 @@ class ChannelPruning:
     name = "channel"
     Options = ChannelOptions
     default_types = DEFAULT_TYPES
+    needs = ("example_inputs",)  # one forward pass traces the coupled channels
 
     @torchslim.hookimpl
     def accelerate(self, model: nn.Module, step: Any, context: Any) -> torchslim.StepResult:

@@ -73,6 +73,8 @@ def decompose(model: nn.Module, example_inputs: Any, options: "SVDOptions | dict
     else:
         fixed_ranks(layers, opts, trial, skipped)
 
+    if opts.rank_rule == "mac_ratio":  # before anything changes: a target that cannot be met fails the step
+        _require_budget(layers, trial, needed, macs_before, opts, where)
     report, saved = apply_factors(model, layers, trial, opts)
     macs_after = macs_before - saved
     info.update({
@@ -84,15 +86,27 @@ def decompose(model: nn.Module, example_inputs: Any, options: "SVDOptions | dict
         "spectrum_seconds": spectrum_seconds,
         **factorized_speed(report),
     })
-    if opts.rank_rule == "mac_ratio" and saved + 1e-9 < needed:
-        why = (f"{len(trial.slow)} layer(s) kept because their factors were not faster (lower min_speedup)"
-               if trial.slow else "the targeted layers cannot be cut further"
-               + (f" with ranks in multiples of rank_multiple={opts.rank_multiple}" if opts.rank_multiple > 1 else ""))
-        message = (f"{where}: mac_ratio={opts.mac_ratio} ({opts.mac_scope}) not reached: {macs_after:,} MACs "
-                   f"of {macs_before:,} ({macs_after / macs_before:.3f}); {why}. Widen targets or raise mac_ratio.")
-        info["warning"] = message
-        log.warning(message)
     return torchslim.StepResult(model=model, report=report, skipped=skipped, info=info)
+
+
+def _require_budget(layers: list[Layer], trial: Trials, needed: float, macs_before: int, opts: SVDOptions,
+                    where: str) -> None:
+    """Raise a :class:`ModelError` saying what blocked it when the chosen ranks do not save ``needed`` MACs."""
+    planned = sum(layer.macs - layer.factor_macs(layer.form, layer.rank) for layer in layers
+                  if layer.rank is not None and layer.name not in trial.slow)
+    if planned + 1e-9 >= needed:
+        return
+    after = macs_before - planned
+    if trial.slow:
+        why = (f"{len(trial.slow)} layer(s) were kept because their factors did not run faster on this machine "
+               f"(the latency gate); lower min_speedup/min_realized, set measure_latency: false to cut by MACs "
+               f"alone, or raise mac_ratio")
+    else:
+        why = ("the targeted layers cannot be cut further"
+               + (f" with ranks in multiples of rank_multiple={opts.rank_multiple}" if opts.rank_multiple > 1 else "")
+               + "; widen targets (targets.include/types), use mac_scope: targets, or raise mac_ratio")
+    raise ModelError(f"{where}: mac_ratio={opts.mac_ratio} ({opts.mac_scope}) cannot be reached: the best cut keeps "
+                     f"{after:,.0f} of {macs_before:,} MACs ({after / macs_before:.3f}); {why}")
 
 
 def capture(model: nn.Module, example_inputs: Any, selected: list[tuple[str, nn.Module]],

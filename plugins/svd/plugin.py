@@ -28,6 +28,7 @@ class SVDDecomposition:
     name = "svd"
     Options = SVDOptions
     default_types = DEFAULT_TYPES
+    needs = ("example_inputs",)  # each layer is sized on its real input shape
 
     @torchslim.hookimpl
     def accelerate(self, model: nn.Module, step: Any, context: Any) -> torchslim.StepResult:
