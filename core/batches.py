@@ -143,7 +143,7 @@ def describe_inputs(inputs: Any) -> str:
     if isinstance(inputs, Mapping):
         return "{" + ", ".join(f"{k}: {describe_inputs(v)}" for k, v in inputs.items()) + "}"
     if isinstance(inputs, (tuple, list)):
-        return ", ".join(describe_inputs(v) for v in inputs)
+        return "(" + ", ".join(describe_inputs(v) for v in inputs) + ")"
     return type(inputs).__name__
 
 

@@ -28,7 +28,7 @@ def test_hook_compress_accelerate_finetune_call_only_the_named_method(stage):
     engine = bare_engine((first, "first"), (second, "second"))
     x = torch.randn(3, 4)
     result = engine.run(tiny_model(), {"steps": [{stage: {"method": "second"}}], "evaluate": []},
-                        example_inputs=(x,), seed=7)
+                        example_inputs=(x,), seed=7, train_data=[(x, torch.zeros(3, dtype=torch.long))])
     assert first.calls == [] and len(second.calls) == 1
     step, context = second.calls[0]
     assert step.stage == stage and step.method == "second"

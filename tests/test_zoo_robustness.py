@@ -31,9 +31,9 @@ METHODS: dict[str, tuple[dict, str]] = {
     "magnitude-2:4": ({"compress": {"method": "magnitude", "pattern": "2:4"}}, "sparsify"),
     "magnitude-structured": (
         {"compress": {"method": "magnitude", "sparsity": 0.3, "pattern": "structured"}}, "sparsify"),
-    "svd-channel": ({"accelerate": {"method": "svd", "mac_ratio": 0.5, "measure_latency": False}}, "shrink"),
+    "svd-weight": ({"accelerate": {"method": "svd", "mac_ratio": 0.5, "measure_latency": False}}, "shrink"),
     "svd-spatial": (
-        {"accelerate": {"method": "svd", "kind": "spatial", "rank_ratio": 0.25, "measure_latency": False}}, "shrink"),
+        {"accelerate": {"method": "svd", "factorization": "spatial", "rank_ratio": 0.25, "measure_latency": False}}, "shrink"),
     "channel": ({"accelerate": {"method": "channel", "ratio": 0.3}}, "shrink"),
     "sgd": ({"finetune": {"method": "sgd", "epochs": 1}}, "same-shape"),
 }
@@ -184,7 +184,7 @@ def test_contrib_method_on_zoo_model(engine, method, model_name, tmp_path) -> No
 # ------------------------------------------------------------------------------------ fixed cases, spelled out
 def test_svd_leaves_layers_whose_parent_reads_their_weight(engine) -> None:
     case = ZOO["transformer"]()
-    step, _ = METHODS["svd-channel"]
+    step = {"accelerate": {"method": "svd", "rank_ratio": 0.5, "measure_latency": False}}
     result = engine.run(case.model, {"steps": [step], "evaluate": []}, example_inputs=case.example_inputs)
     skipped = dict(result.steps[0].skipped)
     for layer in ("encoder.layers.0", "encoder.layers.1"):
@@ -196,6 +196,9 @@ def test_svd_leaves_layers_whose_parent_reads_their_weight(engine) -> None:
             "its parent MultiheadAttention reads out_proj.weight directly")
     out = _outputs(result.model, case)  # eval mode: the fused fast path reads those weights again
     assert out.shape == _outputs(case.model, case).shape and bool(torch.isfinite(out).all())
+    budget, _ = METHODS["svd-weight"]  # a MAC target those skipped layers put out of reach fails, saying why
+    with pytest.raises(torchslim.StepError, match="mac_ratio=0.5 .* cannot be reached.*cannot be cut further"):
+        engine.run(case.model, {"steps": [budget], "evaluate": []}, example_inputs=case.example_inputs)
 
 
 def test_channel_keeps_tied_weights_tied_and_says_why(engine) -> None:
