@@ -34,10 +34,9 @@ from .recipe import Constraints, Evaluation, Recipe, Step, Targets
 from .registry import PluginRegistry
 from .results import RunResult, StepRecord, StepResult
 from .targets import select_modules
+from .version import __version__
 
 _aliases.install()
-
-__version__ = "0.2.0"
 
 __all__ = [
     "Constraints", "DataError", "ExportError", "Engine", "Evaluation", "ModelError", "PluginError", "PluginRegistry",

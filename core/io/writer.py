@@ -14,6 +14,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import SaveLoadError, TorchslimError
 from ..registry import module_kind_name
+from ..version import __version__
 from .atomic import atomic_directory, fsync_file
 from .encoding import encode_state, stored_tensors
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, WEIGHTS_FILE, FileEntry, Manifest, file_sha256, jsonable, render
@@ -36,8 +37,6 @@ def _unpack(result_or_model: Any, recipe: Any, metrics: Any) -> tuple[nn.Module,
 
 def _write_into(directory: Path, model: nn.Module, recipe: Any, metrics: Any, *, durable: bool) -> None:
     """Write ``model.safetensors`` and ``manifest.json`` into the existing empty ``directory``."""
-    from .. import __version__  # the package's own version, set after its submodules load
-
     encoded, mask_records = encode_state(model)
     modules, layers = record_structure(model)
     parameters = record_parameters(model)

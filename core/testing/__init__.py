@@ -17,26 +17,22 @@ Fixtures: ``torchslim_engine`` (an :class:`~torchslim.Engine` that discovered ev
 Helpers: :func:`register_inline_plugin`, :func:`check_method_plugin`, :func:`check_evaluator_plugin`,
 :func:`check_strategy`. A failed check raises ``AssertionError`` saying which rule broke and how to fix it.
 
-pytest imports this package in every run of every project in the environment, so it imports torch
-and the engine only inside functions.
+pytest loads this package (and so torch) in every run in an environment where torchslim is installed,
+through the ``pytest11`` entry point: that is the price of fixtures without a ``conftest.py``.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 try:  # the helpers work without pytest; only the fixtures need it
     import pytest
 except ImportError:  # pragma: no cover - pytest absent
     pytest = None  # type: ignore[assignment]
 
+from ..engine import Engine
 from .checks import check_evaluator_plugin, check_method_plugin, check_strategy
 from .engines import engine_of, register_inline_plugin
 from .snapshots import model_snapshot
 from .tasks import TinyTask, tiny_task
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..engine import Engine
 
 __all__ = [
     "TinyTask", "check_evaluator_plugin", "check_method_plugin", "check_strategy", "engine_of",
@@ -49,14 +45,12 @@ if pytest is not None:
     @pytest.fixture
     def torchslim_engine() -> "Engine":
         """An :class:`~torchslim.Engine` that discovered every installed plugin (fresh per test)."""
-        from ..engine import Engine
 
         return Engine()
 
     @pytest.fixture
     def torchslim_bare_engine() -> "Engine":
         """An :class:`~torchslim.Engine` without discovery: register only what the test needs."""
-        from ..engine import Engine
 
         return Engine(discover=False)
 

@@ -5,15 +5,24 @@ from __future__ import annotations
 import copy
 import json
 import math
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
-if TYPE_CHECKING:  # pragma: no cover
-    from torch import nn
+import torch
+from pydantic import BaseModel
+from torch import nn
 
-    from ..engine import Engine
-    from ..registry import PluginRegistry
-    from ..results import StepResult
-
+from ..batches import tensors_in
+from ..engine import Engine
+from ..engine.interface import first_difference, signature
+from ..errors import RecipeError, StepError, TorchslimError
+from ..hookspecs import STAGES
+from ..masks import apply_mask
+from ..preflight import changed_layers
+from ..recipe import Targets
+from ..registry import PluginRegistry
+from ..results import StepResult
+from ..surgery import private_copy
+from ..targets import WEIGHT_LAYERS, select_modules
 from .engines import engine_of
 from .probe import _probing
 from .snapshots import assert_untouched, differences, model_snapshot
@@ -27,7 +36,6 @@ _DIRECTIONS = ("higher", "lower")
 
 
 def _check_options_model(plugin: Any, name: str) -> type | None:
-    from pydantic import BaseModel
 
     options = getattr(plugin, "Options", None)
     if options is None:  # a method without options: the engine refuses any option given to it
@@ -55,7 +63,6 @@ def _one_step(stage: str, name: str, options: Mapping[str, Any], targets: Mappin
 
 def _check_rejects(engine: "Engine", stage: str, name: str, options: dict, field: str,
                    targets: Mapping[str, Any] | None) -> None:
-    from ..errors import RecipeError
 
     try:
         engine.recipe(_one_step(stage, name, options, targets))
@@ -149,7 +156,6 @@ def _task_arguments(model: Any, example_inputs: Any, task: Any, run_kwargs: dict
 
 
 def _check_registration(engine: "Engine", name: str, stage: str | None) -> str:
-    from ..hookspecs import STAGES
 
     registry = engine.registry
     assert name in registry.infos, (
@@ -166,10 +172,7 @@ def _check_registration(engine: "Engine", name: str, stage: str | None) -> str:
 
 def _check_one_run(engine: "Engine", name: str, stage: str, model: Any, recipe: Any, inputs: tuple,
                    run_kwargs: dict, before: Any) -> tuple[Any, Any]:
-    import torch
 
-    from ..errors import TorchslimError
-    from ..results import StepResult
 
     with torch.no_grad():  # on a copy: even switching the user's model to eval mode is a change
         reference = copy.deepcopy(model).eval()(*inputs)
@@ -194,7 +197,6 @@ def _check_one_run(engine: "Engine", name: str, stage: str, model: Any, recipe: 
 
 def _check_failure_after_hook(engine: "Engine", name: str, stage: str, model: Any, recipe: Any, inputs: tuple,
                               run_kwargs: dict, before: Any) -> None:
-    from ..errors import StepError
 
     with _probing(engine, fail_after=True):
         try:
@@ -208,7 +210,6 @@ def _check_failure_after_hook(engine: "Engine", name: str, stage: str, model: An
 
 def _check_failing_run(engine: "Engine", name: str, stage: str, model: Any, good: dict, targets: Any,
                        inputs: tuple, run_kwargs: dict, failing: dict) -> None:
-    from ..errors import TorchslimError
 
     fail_model = failing.pop("model", model)
     fail_before = model_snapshot(fail_model)
@@ -231,8 +232,6 @@ def _check_after_pruning(engine: "Engine", name: str, stage: str, model: Any, go
                          inputs: tuple, run_kwargs: dict, alone: Any) -> None:
     """On a model whose layers carry pruning masks, the method must change what it changes alone,
     list it in ``skipped``, or refuse with a clear error; silently leaving masked layers is a bug."""
-    from ..errors import TorchslimError
-    from ..preflight import changed_layers
 
     pruned = _masked_copy(model, engine.registry.infos[name].obj, targets)
     if pruned is None:
@@ -256,12 +255,7 @@ def _check_after_pruning(engine: "Engine", name: str, stage: str, model: Any, go
 def _masked_copy(model: Any, plugin: Any, targets: Any) -> Any:
     """A copy of ``model`` whose targeted weights carry a light magnitude mask (the smallest 5 % zeroed), as a
     pruning step leaves them; light, so that a pruning method asked for more still has work to do."""
-    import torch
 
-    from ..masks import apply_mask
-    from ..recipe import Targets
-    from ..surgery import private_copy
-    from ..targets import WEIGHT_LAYERS, select_modules
 
     copied = private_copy(model)
     chosen = select_modules(copied, Targets.model_validate(dict(targets or {})),
@@ -352,7 +346,6 @@ def check_strategy(engine_or_registry: "Engine | PluginRegistry", name: str, *,
 
 
 def _check_step_result(returned: "StepResult", name: str) -> None:
-    from torch import nn
 
     assert isinstance(returned.model, nn.Module), f"{name!r}: StepResult.model must be an nn.Module"
     assert all(isinstance(row, dict) for row in returned.report), f"{name!r}: StepResult.report rows must be dicts"
@@ -370,10 +363,7 @@ def _check_step_result(returned: "StepResult", name: str) -> None:
 
 
 def _check_outputs(model: "nn.Module", inputs: tuple, reference: Any, name: str) -> None:
-    import torch
 
-    from ..batches import tensors_in
-    from ..engine.interface import first_difference, signature
 
     model.eval()
     with torch.no_grad():

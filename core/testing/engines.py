@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
-if TYPE_CHECKING:  # pragma: no cover
-
-    from ..engine import Engine
-    from ..registry import PluginRegistry
+from ..engine import Engine
+from ..registry import PluginRegistry
 
 
 def engine_of(engine_or_registry: "Engine | PluginRegistry") -> "Engine":
     """The :class:`~torchslim.Engine` to run checks with: the engine itself, or one over a registry."""
-    from ..engine import Engine
-    from ..registry import PluginRegistry
-
     if isinstance(engine_or_registry, Engine):
         return engine_or_registry
     if isinstance(engine_or_registry, PluginRegistry):

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
-if TYPE_CHECKING:  # pragma: no cover
-
-    from ..engine import Engine
-
+from ..engine import Engine
+from ..hookspecs import hookimpl
 from .snapshots import differences, model_snapshot
-
 
 _PROBE_NAME = "torchslim.testing.probe"
 
 
 class _Probe:
     """Wrapper plugin that watches one stage call: the teacher stays intact, the hook's return value."""
-
     def __init__(self, fail_after: bool = False) -> None:
         self.fail_after = fail_after
         self.results: list[Any] = []
@@ -39,7 +35,6 @@ class _Probe:
 
 
 def _probe_class() -> type:
-    from ..hookspecs import hookimpl
 
     class Probe(_Probe):
         @hookimpl(wrapper=True)

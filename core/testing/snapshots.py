@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover
-    from torch import nn
-
+import torch
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -29,7 +27,6 @@ def model_snapshot(model: "nn.Module") -> Snapshot:
 
 
 def differences(before: Snapshot, after: Snapshot, modes: bool = True) -> list[str]:
-    import torch
 
     out = []
     if before.structure != after.structure:

@@ -6,6 +6,11 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from ..zoo import DigitsCNN
+
 
 @dataclass
 class TinyTask:
@@ -14,7 +19,6 @@ class TinyTask:
     ``model`` is a :class:`torchslim.zoo.DigitsCNN` (convs, batch norm, linears) for ``N x 1 x 8 x 8``
     inputs and 4 classes; ``build()`` returns a fresh copy of the same initial weights.
     """
-
     model: Any
     train_data: Any
     eval_data: Any
@@ -31,9 +35,7 @@ class TinyTask:
 
 
 def _tiny_model(seed: int) -> Any:
-    import torch
 
-    from ..zoo import DigitsCNN
 
     torch.manual_seed(seed)
     return DigitsCNN(width=4, classes=4)
@@ -41,7 +43,6 @@ def _tiny_model(seed: int) -> Any:
 
 @functools.lru_cache(maxsize=8)
 def _trained_state(seed: int, samples: int, batch_size: int, train_steps: int) -> dict:
-    import torch
 
     task = tiny_task(seed, samples, batch_size)
     model = task.model.train()
@@ -65,9 +66,6 @@ def tiny_task(seed: int = 0, samples: int = 256, batch_size: int = 32, train_ste
 
     Each class is a fixed random 8x8 pattern; inputs are the pattern of their class plus noise.
     """
-    import torch
-    from torch.utils.data import DataLoader, TensorDataset
-
     gen = torch.Generator().manual_seed(seed)
     prototypes = torch.randn(4, 1, 8, 8, generator=gen)
     y = torch.randint(0, 4, (samples,), generator=gen)
