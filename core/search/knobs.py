@@ -3,34 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel
 
 from ..recipe import Step
-
+from ..registry import strength_of
 
 GRID_POINTS = 8
 
 
-def strength_field(options_model: type[BaseModel] | None) -> str | None:
-    """The name of the Options field marked as the method's strength knob, or None."""
-    found = strength_knob(options_model)
+def strength_field(options_model: type[BaseModel] | None, plugin: Any = None) -> str | None:
+    """The name of the method's strength knob (its ``strength`` attribute or the marked Options field), or None."""
+    found = strength_knob(options_model, plugin)
     return found[0] if found else None
 
 
-def strength_knob(options_model: type[BaseModel] | None) -> tuple[str, str] | None:
-    """``(field, direction)`` of the strength knob: ``"higher"`` (default) when a larger value compresses
-    more (``sparsity``), ``"lower"`` when a smaller one does (``rank_ratio``); None without a knob.
+def strength_knob(options_model: type[BaseModel] | None, plugin: Any = None) -> tuple[str, str] | None:
+    """``(field, direction)`` of the strength knob: ``"higher"`` when a larger value compresses more
+    (``sparsity``), ``"lower"`` when a smaller one does (``rank_ratio``); None without a knob.
 
-    Declared as ``json_schema_extra={"strength": True}`` (or ``"higher"``) / ``{"strength": "lower"}``.
+    The contract's one reading of the declaration (:func:`torchslim.registry.strength_of`): the plugin's
+    ``strength = (field, direction)`` attribute, or ``json_schema_extra={"strength": True | "lower"}``.
     """
-    if options_model is None:
-        return None
-    for name, info in options_model.model_fields.items():
-        extra = info.json_schema_extra
-        if isinstance(extra, dict) and extra.get("strength"):
-            return name, "lower" if extra["strength"] == "lower" else "higher"
-    return None
+    return strength_of(options_model, plugin)
 
 
 def default_grid(options_model: type[BaseModel], knob: str) -> list[float]:

@@ -35,7 +35,7 @@ from ..surgery import fingerprint, private_copy
 from ..targets import WEIGHT_LAYERS, select_modules
 from .allocation import allocate
 from .cache import CACHE_VERSION, SensitivityCache, default_cache_dir
-from .knobs import Knob, default_grid, exact_glob, strength_field, strength_knob
+from .knobs import Knob, default_grid, exact_glob, strength_knob
 from .plots import write_plots
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -112,7 +112,7 @@ class Searcher:
         for index, template in enumerate(self.search.methods):
             plugin = self.registry.get(template.stage, template.method)
             options_model = getattr(plugin, "Options", None)
-            found = strength_knob(options_model)
+            found = strength_knob(options_model, plugin)
             if found is None:
                 continue
             knob, direction = found
@@ -190,7 +190,7 @@ class Searcher:
             report: list[dict[str, Any]] = []
             skipped: list[tuple[str, str]] = []
             used = [k for k in knobs if k.template_index == index and k.key in chosen]
-            if strength_field(getattr(self.registry.get(template.stage, template.method), "Options", None)) is None:
+            if self.registry.strength(template.stage, template.method) is None:
                 result = self.context.run_step(working, template)  # no knob: applied as configured
                 working, report, skipped = result.model, list(result.report), list(result.skipped)
             for knob in used:
