@@ -10,6 +10,27 @@ from torch import nn
 from .errors import ModelError
 from .recipe import Targets
 
+def is_transposed_linear(module: nn.Module) -> bool:
+    """True for transformers' ``pytorch_utils.Conv1D`` (GPT-2's projections): ``y = x @ W + b`` with ``W``
+    stored ``[in, out]``, the transpose of ``nn.Linear``'s. Recognised by class, without importing
+    transformers."""
+    return any(cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
+               for cls in type(module).__mro__)
+
+
+class _ByClassName(type(nn.Module)):
+    def __instancecheck__(cls, obj: object) -> bool:
+        return isinstance(obj, nn.Module) and is_transposed_linear(obj)
+
+
+class HFConv1D(nn.Module, metaclass=_ByClassName):
+    """Stands for transformers' ``Conv1D`` in ``default_types``: ``isinstance(m, HFConv1D)`` is True for it.
+
+    GPT-2 style models build every projection from it (weight ``[in, out]``); naming this class lets a
+    method target them by default whether transformers is installed or not.
+    """
+
+
 #: Module types a weight method touches when the recipe names none.
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.RNN, nn.LSTM, nn.GRU,

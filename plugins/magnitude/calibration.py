@@ -3,6 +3,11 @@
 For each hooked layer we keep the squared L2 norm of every input feature over all calibration rows
 (Wanda's activation scale) and, when reconstruction is asked, the input Gram matrix ``H = X^T X`` in the
 layout of the weight's columns (``F.unfold`` order ``(channel, kh, kw)`` for convolutions).
+
+Rows are real tokens only: with keyword batches carrying an ``attention_mask``, padding positions
+never enter a statistic (:func:`torchslim.calibration.feature_rows`). Statistics are summed batch by
+batch in float64, so their memory is ``O(features^2)`` whatever the number of calibration tokens, and
+under torchrun each rank sums its share of the batches before :func:`sum_stats` adds them up.
 """
 
 from __future__ import annotations
@@ -16,10 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchslim.batches import call_model
+from torchslim.calibration import feature_rows, sum_over_ranks, token_mask
 from torchslim.errors import DataError
+from torchslim.targets import HFConv1D, is_transposed_linear
 
-#: Layers whose inputs we can turn into weight-column statistics.
-SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: Layers whose inputs we can turn into weight-column statistics (HFConv1D: transformers' Conv1D).
+SUPPORTED = (nn.Linear, HFConv1D, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _linear_like(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or is_transposed_linear(module)
 
 
 @dataclass
@@ -30,6 +41,13 @@ class InputStats:
     gram: torch.Tensor | None
     rows: int = 0
 
+    def add(self, other: "InputStats") -> None:
+        """Add another batch's (or holder's) statistics of the same layout."""
+        self.sumsq += other.sumsq
+        if self.gram is not None and other.gram is not None:
+            self.gram += other.gram
+        self.rows += other.rows
+
     def column_norms(self) -> torch.Tensor:
         """L2 norm of each weight column's input (per feature, or per (channel, kernel pos.) with a Gram)."""
         if self.gram is not None:
@@ -39,7 +57,7 @@ class InputStats:
 
 def gram_supported(module: nn.Module) -> bool:
     """True when the input Gram matrix of ``module`` matches its weight columns (no grouped conv)."""
-    if isinstance(module, nn.Linear):
+    if _linear_like(module):
         return True
     return isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1
 
@@ -105,6 +123,7 @@ class _Recorder:
         self.stats: InputStats | None = None
         self.trace = trace
         self.batch = 0
+        self.mask: torch.Tensor | None = None  # real tokens of the batch running now
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
         if not args or not isinstance(args[0], torch.Tensor):
@@ -112,8 +131,8 @@ class _Recorder:
         if self.batch == 0:
             self.trace.see(id(module), args[0])
         x = args[0].detach()
-        if isinstance(module, nn.Linear):
-            flat = x.reshape(-1, x.shape[-1]).float()
+        if _linear_like(module):
+            flat = feature_rows(x, self.mask).float()
             sumsq = flat.pow(2).sum(0)
         else:  # conv: channels at dim 1 (batched) or dim 0 (unbatched)
             if x.dim() == module.weight.dim() - 1:
@@ -121,14 +140,13 @@ class _Recorder:
             dims = [d for d in range(x.dim()) if d != 1]
             sumsq = x.float().pow(2).sum(dims)
             flat = _conv_columns(module, x.float()) if self.want_gram else None
-        gram = flat.T @ flat if self.want_gram else None
+        # each batch's product in float32, the running sums in float64: exact enough at any token count
+        gram = (flat.T @ flat).double() if self.want_gram else None
+        batch = InputStats(sumsq=sumsq.double(), gram=gram, rows=flat.shape[0] if flat is not None else 0)
         if self.stats is None:
-            self.stats = InputStats(sumsq=sumsq, gram=gram, rows=flat.shape[0] if flat is not None else 0)
+            self.stats = batch
         else:
-            self.stats.sumsq += sumsq
-            if gram is not None:
-                self.stats.gram += gram
-            self.stats.rows += flat.shape[0] if flat is not None else 0
+            self.stats.add(batch)
 
 
 class _Stopper:
@@ -147,6 +165,42 @@ class _Stopper:
             raise _StopForward
 
 
+class StatsHooks:
+    """Forward pre-hooks summing the input statistics of ``modules`` while the caller runs batches.
+
+    Use as a context manager; call :meth:`next_batch` with each batch's token mask (None for none)
+    before running it. :attr:`stats` maps ``id(module)`` to its :class:`InputStats` (a module that
+    never ran is absent) and :attr:`trace` tells the order and input sharing of the first batch.
+    """
+
+    def __init__(self, modules: Sequence[nn.Module], gram: bool) -> None:
+        self.trace = Trace()
+        self.recorders = {id(m): _Recorder(m, gram, self.trace) for m in modules if isinstance(m, SUPPORTED)}
+        self.modules = {id(m): m for m in modules if id(m) in self.recorders}
+        self.handles: list[Any] = []
+        self.batches = 0
+
+    def __enter__(self) -> "StatsHooks":
+        self.handles = [m.register_forward_pre_hook(self.recorders[key]) for key, m in self.modules.items()]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def next_batch(self, mask: torch.Tensor | None) -> None:
+        """Tell the hooks a new batch starts, with its real-token mask."""
+        for rec in self.recorders.values():
+            rec.mask = mask
+            rec.batch = self.batches
+        self.batches += 1
+
+    @property
+    def stats(self) -> dict[int, InputStats]:
+        return {key: rec.stats for key, rec in self.recorders.items() if rec.stats is not None}
+
+
 def collect_input_stats(
     model: nn.Module,
     modules: Sequence[nn.Module],
@@ -162,38 +216,54 @@ def collect_input_stats(
     as soon as those modules have run, skipping the rest of the model. The model runs in eval mode
     without gradients; its mode is restored.
     """
-    trace = Trace()
-    recorders = {id(m): _Recorder(m, gram, trace) for m in modules if isinstance(m, SUPPORTED)}
-    unique = {id(m): m for m in modules if id(m) in recorders}
-    handles = [m.register_forward_pre_hook(recorders[key]) for key, m in unique.items()]
+    hooks = StatsHooks(modules, gram)
     stopper = _Stopper(stop_after) if stop_after else None
-    if stopper is not None:
-        handles += [m.register_forward_hook(stopper) for key, m in unique.items() if key in stop_after]
+    extra = [m.register_forward_hook(stopper) for key, m in hooks.modules.items()
+             if stopper is not None and key in stop_after]
     was_training = model.training
     model.eval()
-    count = 0
     try:
-        with torch.no_grad():
+        with hooks, torch.no_grad():
             for inputs in batches:
+                hooks.next_batch(token_mask(inputs))
                 if stopper is not None:
                     stopper.reset()
                 try:
                     call_model(model, inputs)
                 except _StopForward:
                     pass
-                count += 1
-                for rec in recorders.values():
-                    rec.batch = count
     finally:
-        for handle in handles:
+        for handle in extra:
             handle.remove()
         model.train(was_training)
-    if count == 0:
+    if hooks.batches == 0:
         raise DataError(
             "criterion 'activation' and reconstruct need calibration batches, but none were available; "
             "pass train_data (or example_inputs) to Engine.run"
         )
-    return {key: rec.stats for key, rec in recorders.items() if rec.stats is not None}, trace
+    return hooks.stats, hooks.trace
+
+
+def sum_stats(stats: dict[int, InputStats], modules: Sequence[nn.Module]) -> None:
+    """Sum every rank's statistics of ``modules`` (in that order, the same on every rank), in place.
+
+    Every rank must have seen the same modules run; otherwise every rank raises the same error.
+    """
+    hooked = [m for m in dict.fromkeys(modules) if isinstance(m, SUPPORTED)]
+    seen = torch.tensor([float(id(m) in stats) for m in hooked], dtype=torch.float64)
+    ranks = torch.ones(1, dtype=torch.float64)
+    sum_over_ranks([seen, ranks])
+    partial = [type(m).__name__ for m, count in zip(hooked, seen.tolist()) if 0 < count < float(ranks)]
+    if partial:
+        raise DataError(f"{len(partial)} layer(s) ({partial[0]}, ...) ran on some ranks' calibration batches "
+                        f"but not on others'; give every rank batches that run the same layers")
+    for module in hooked:
+        entry = stats.get(id(module))
+        if entry is None:
+            continue
+        rows = torch.tensor([float(entry.rows)], dtype=torch.float64)
+        sum_over_ranks([entry.sumsq, entry.gram, rows])
+        entry.rows = int(rows)
 
 
 def merge_stats(stats: Sequence[InputStats]) -> InputStats | None:
@@ -206,8 +276,5 @@ def merge_stats(stats: Sequence[InputStats]) -> InputStats | None:
     for other in stats[1:]:
         if other.sumsq.shape != total.sumsq.shape:
             continue
-        total.sumsq += other.sumsq
-        total.rows += other.rows
-        if total.gram is not None and other.gram is not None and other.gram.shape == total.gram.shape:
-            total.gram += other.gram
+        total.add(other)
     return total

@@ -12,15 +12,17 @@ from .tensors import PrunableTensor
 Masks = tuple[dict[str, torch.Tensor], list[tuple[str, str]], bool]
 
 
-def choose_masks(found: list[PrunableTensor], scores: Scores, opts: MagnitudeOptions, fraction: float | None) -> Masks:
+def choose_masks(found: list[PrunableTensor], scores: Scores, opts: MagnitudeOptions, fraction: float | None,
+                 fractions: dict[str, float] | None = None) -> Masks:
     """Keep-masks for every target (pattern x scope x sparsity/threshold), the tensors skipped with reasons,
     and whether the bounds were met exactly; each score is read once per layer (a few times with global
-    ranking) and dropped."""
+    ranking) and dropped. ``fractions`` gives some tensors their own sparsity (an allocation).
+    Masks are in ``[out, in, ...]`` layout (:meth:`PrunableTensor.matrix`)."""
     if opts.n_of_m is not None:
         return _n_of_m_masks(found, scores, opts)
     if opts.pattern == "structured":
         return _structured_masks(found, scores, opts, fraction)
-    return _unstructured_masks(found, scores, opts, fraction)
+    return _unstructured_masks(found, scores, opts, fraction, fractions or {})
 
 
 def _n_of_m_masks(found: list[PrunableTensor], scores: Scores, opts: MagnitudeOptions) -> Masks:
@@ -80,7 +82,7 @@ def _structured_masks(found: list[PrunableTensor], scores: Scores, opts: Magnitu
 
 
 def _unstructured_masks(found: list[PrunableTensor], scores: Scores, opts: MagnitudeOptions,
-                        fraction: float | None) -> Masks:
+                        fraction: float | None, fractions: dict[str, float]) -> Masks:
     lo, hi, one = opts.min_sparsity, opts.max_sparsity, not opts.allow_empty_layers
     keep: dict[str, torch.Tensor] = {}
     exact = True
@@ -90,11 +92,11 @@ def _unstructured_masks(found: list[PrunableTensor], scores: Scores, opts: Magni
     elif opts.scope == "global":
         masks, exact = select.global_lowest([scores.reader(t.name) for t in found], fraction, lo, hi, keep_one=one)
         for t, mk in zip(found, masks):
-            keep[t.name] = mk.reshape(t.effective().shape)
+            keep[t.name] = mk.reshape(t.matrix().shape)
     elif opts.scope == "row":
         for t in found:
-            keep[t.name] = select.row_lowest(scores[t.name], fraction, lo, hi, keep_one=one)
+            keep[t.name] = select.row_lowest(scores[t.name], fractions.get(t.name, fraction), lo, hi, keep_one=one)
     else:
         for t in found:
-            keep[t.name] = select.layer_lowest(scores[t.name], fraction, lo, hi, keep_one=one)
+            keep[t.name] = select.layer_lowest(scores[t.name], fractions.get(t.name, fraction), lo, hi, keep_one=one)
     return keep, [], exact

@@ -43,17 +43,37 @@ class MagnitudeOptions(BaseModel):
     )
     reconstruct: bool = Field(
         False,
-        description="after choosing the mask, update the kept weights by least squares on the calibration "
-                    "inputs (SparseGPT update); Linear, Conv1d and ungrouped Conv2d layers",
+        description="update the kept weights by least squares on the calibration inputs (SparseGPT's column "
+                    "sweep); Linear, transformers' Conv1D, Conv1d and ungrouped Conv2d layers",
     )
-    damp: float = Field(0.01, gt=0, le=10,
+    selection: Literal["sweep", "score"] = Field(
+        "sweep",
+        description="reconstruct: 'sweep' chooses the mask inside the least-squares sweep from the weights the "
+                    "earlier columns already updated, by the output error each zero costs (SparseGPT's own "
+                    "selection; per block of 128 columns, per group with N:M); 'score' prunes what the criterion "
+                    "chose and only updates the kept weights. Thresholds and structured patterns always use 'score'",
+    )
+    allocation: Literal["uniform", "sensitivity", "owl"] = Field(
+        "uniform",
+        description="per-tensor sparsity with scope 'layer' or 'row': 'uniform' (every tensor at the target), "
+                    "'sensitivity' (measured: each tensor's output error at a few sparsities and the model's "
+                    "output change with that tensor alone pruned; more sparsity where it costs least, the "
+                    "weighted mean at the target, each within +-0.3 of it and within min/max_sparsity) or 'owl' "
+                    "(per repeated block, less sparsity where activation outliers are more frequent; Yin et al. "
+                    "2023, lambda 0.08, M 5). Needs calibration batches",
+    )
+    damp: float = Field(0.1, gt=0, le=10,
                         description="reconstruct: ridge added to the input Gram matrix, relative to its mean diagonal")
     sequential: bool = Field(
         True,
-        description="reconstruct: prune layer by layer in forward order, each calibrated on the outputs of "
-                    "the layers already pruned (as SparseGPT); off: all layers from the unpruned model's inputs",
+        description="reconstruct: prune in forward order, each layer calibrated on the outputs of the layers "
+                    "already pruned (as SparseGPT): block by block for models built of repeated blocks "
+                    "(transformers; memory: the model plus one block's calibration activations), else layer group "
+                    "by group; off: all layers from the unpruned model's inputs",
     )
-    calibration_batches: int = Field(8, ge=1, description="training batches used for activation statistics")
+    calibration_batches: int = Field(
+        32, ge=1, description="training batches used for activation statistics (summed batch by batch: more "
+                              "batches cost time, not memory; under torchrun each rank reads its share)")
     min_sparsity: float = Field(0.0, ge=0, lt=1, description="lowest sparsity any single tensor may end with")
     max_sparsity: float = Field(1.0, gt=0, le=1, description="highest sparsity any single tensor may end with")
     rounds: int = Field(1, ge=1, le=100,
@@ -112,6 +132,10 @@ class MagnitudeOptions(BaseModel):
             raise ValueError("rounds > 1 follows a sparsity schedule; use sparsity instead of threshold")
         if self.between is not None and self.rounds == 1:
             raise ValueError("between runs between rounds; set rounds > 1 or remove it")
+        if self.allocation != "uniform":
+            if self.pattern != "unstructured" or self.scope == "global" or self.threshold is not None:
+                raise ValueError(f"allocation {self.allocation!r} spreads a sparsity target over tensors: use it "
+                                 f"with pattern 'unstructured', scope 'layer' or 'row' and sparsity (not threshold)")
         return self
 
     @property
@@ -122,4 +146,15 @@ class MagnitudeOptions(BaseModel):
 
     @property
     def needs_calibration(self) -> bool:
-        return self.criterion == "activation" or self.reconstruct
+        return self.criterion == "activation" or self.reconstruct or self.allocation != "uniform"
+
+    @property
+    def needs_gram(self) -> bool:
+        """Whether the input Gram matrices are needed (reconstruction, or measuring errors to allocate)."""
+        return self.reconstruct or self.allocation == "sensitivity"
+
+    @property
+    def sweeps(self) -> bool:
+        """Whether masks are chosen inside the reconstruction sweep."""
+        return (self.reconstruct and self.selection == "sweep" and self.threshold is None
+                and self.pattern != "structured")

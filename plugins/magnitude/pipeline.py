@@ -11,12 +11,11 @@ import torchslim
 from torchslim.context import RunContext
 from torchslim.errors import ModelError, RecipeError
 from torchslim.recipe import Targets, format_validation_error
-from torchslim.targets import WEIGHT_LAYERS
 
 from .options import MagnitudeOptions
 from .report import effective_zeros, step_report
 from .rounds import prune_round
-from .tensors import check_finite, collect_tensors
+from .tensors import DEFAULT_TYPES, check_finite, collect_tensors
 
 
 def cubic_schedule(final: float, rounds: int, initial: float = 0.0) -> list[float]:
@@ -45,11 +44,12 @@ def prune(
     opts = _options(options, kwargs)
     targets = Targets.model_validate(targets) if isinstance(targets, dict) else targets
     context = context or RunContext()
-    found, skipped = collect_tensors(model, targets, WEIGHT_LAYERS, include_bias=opts.include_bias)
+    found, skipped = collect_tensors(model, targets, DEFAULT_TYPES, include_bias=opts.include_bias)
     if not found:
+        why = "".join(f"; {layer}: {reason}" for layer, reason in skipped[:3])
         raise ModelError(
-            "magnitude: no weight tensor to prune among the targeted modules; check 'targets' "
-            "(include/exclude globs, types)"
+            f"magnitude: no weight tensor to prune among the targeted modules; check 'targets' "
+            f"(include/exclude globs, types){why}"
         )
     check_finite(found)
     before = {t.name: effective_zeros(t)[0] for t in found}
@@ -59,20 +59,23 @@ def prune(
     else:
         schedule = list(cubic_schedule(opts.sparsity, opts.rounds, total_before))
     notes: dict[str, dict[str, Any]] = {}
+    calibration_info: dict[str, Any] = {}
     exact = True
     if opts.sparsity > 0 or opts.threshold is not None or opts.n_of_m is not None:
         for index, fraction in enumerate(schedule, start=1):
             if index > 1:
                 if opts.between is not None:
                     model = _finetune(model, opts.between, context)
-                    found, _ = collect_tensors(model, targets, WEIGHT_LAYERS, include_bias=opts.include_bias)
+                    found, _ = collect_tensors(model, targets, DEFAULT_TYPES, include_bias=opts.include_bias)
                 check_finite(found)
-            round_skipped, round_notes, round_exact = prune_round(model, found, opts, fraction, context, calibration)
+            round_skipped, round_notes, round_exact, calibration_info = prune_round(
+                model, found, opts, fraction, context, calibration)
             notes.update(round_notes)
             exact = exact and round_exact
             if index == len(schedule):
                 skipped += round_skipped
     report, info = step_report(found, before, notes, opts, schedule, exact)
+    info.update(calibration_info)
     return torchslim.StepResult(model=model, report=report, skipped=skipped, info=info)
 
 

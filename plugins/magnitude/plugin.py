@@ -8,10 +8,10 @@ from torch import nn
 
 import torchslim
 from torchslim.context import RunContext
-from torchslim.targets import WEIGHT_LAYERS
 
 from .options import MagnitudeOptions
 from .pipeline import prune
+from .tensors import DEFAULT_TYPES
 
 
 class MagnitudePruning:
@@ -19,7 +19,7 @@ class MagnitudePruning:
 
     name = "magnitude"
     Options = MagnitudeOptions
-    default_types = WEIGHT_LAYERS
+    default_types = DEFAULT_TYPES
 
     @torchslim.hookimpl
     def compress(self, model: nn.Module, step: Any, context: RunContext) -> torchslim.StepResult:

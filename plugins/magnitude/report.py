@@ -31,12 +31,15 @@ def step_report(found: list[PrunableTensor], before: dict[str, int], notes: dict
             "kept": numel - n_zero,
             "criterion": note.get("criterion", opts.criterion if opts.sparsity > 0 else "-"),
             "reconstructed": note.get("reconstructed", False),
+            "selection": note.get("selection", "score"),
         })
     total_before = sum(before.values()) / max(1, sum(t.stored.numel() for t in found))
     info = {
         "pattern": opts.pattern,
         "scope": opts.scope,
         "criterion": opts.criterion,
+        "selection": opts.selection if opts.sweeps else "score",
+        "allocation": opts.allocation,
         "target_sparsity": None if opts.threshold is not None else
         (1 - opts.n_of_m[0] / opts.n_of_m[1] if opts.n_of_m else opts.sparsity),
         "threshold": opts.threshold,

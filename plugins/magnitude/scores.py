@@ -7,10 +7,13 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch import nn
 
+from torchslim.targets import HFConv1D
+
 from . import select
 from .calibration import InputStats, merge_stats
 from .options import MagnitudeOptions
 from .tensors import PrunableTensor
+
 
 def score_targets(found: list[PrunableTensor], opts: MagnitudeOptions, stats: dict[int, InputStats],
             notes: dict[str, dict[str, Any]]) -> "Scores":
@@ -22,6 +25,8 @@ def score_targets(found: list[PrunableTensor], opts: MagnitudeOptions, stats: di
 
 class Scores(Mapping[str, torch.Tensor]):
     """The importance of every entry of each target, by name, computed when read and never kept.
+
+    Scores come in ``[out, in, ...]`` layout (:meth:`PrunableTensor.matrix`), whatever the stored one.
 
     Global ranking reads every layer's scores a few times; recomputing ``|w|`` (times the cached
     per-column input norms of the activation criterion) is cheap, while keeping them all would cost
@@ -35,7 +40,7 @@ class Scores(Mapping[str, torch.Tensor]):
         self.criteria = {t.name: _criterion(t, opts, stats) for t in found}
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        weight = self._targets[name].effective()
+        weight = self._targets[name].matrix()
         return self._score(name, weight, weight)
 
     def _score(self, name: str, weight: torch.Tensor, rows: torch.Tensor, start: int = 0) -> torch.Tensor:
@@ -50,7 +55,7 @@ class Scores(Mapping[str, torch.Tensor]):
 
     def pieces(self, name: str) -> Iterator[torch.Tensor]:
         """The scores of ``name`` flat and in order, a block of output rows (about ``select.CHUNK``) at a time."""
-        weight = self._targets[name].effective()
+        weight = self._targets[name].matrix()
         if weight.dim() == 0:
             yield self[name].reshape(-1)
             return
@@ -69,7 +74,7 @@ class Scores(Mapping[str, torch.Tensor]):
         return lambda: self.pieces(name)
 
 
-_GEMM_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_GEMM_LAYERS = (nn.Linear, HFConv1D, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _criterion(target: PrunableTensor, opts: MagnitudeOptions, stats: dict[int, InputStats]) -> str:
@@ -87,7 +92,7 @@ def _input_scale(target: PrunableTensor, weight: torch.Tensor, stats: dict[int, 
     merged = merge_stats([stats.get(id(m)) for _, m, _ in target.holders])
     module = target.module
     norms = merged.column_norms().to(weight.device)
-    if isinstance(module, nn.Linear):
+    if isinstance(module, (nn.Linear, HFConv1D)):
         return norms.unsqueeze(0)
     out = weight.shape[0]
     if norms.numel() == weight[0].numel():  # per (channel, kernel position) from the Gram diagonal

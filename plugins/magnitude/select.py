@@ -265,6 +265,12 @@ def _from_sortable(key: int, width: int) -> torch.Tensor:
     return torch.tensor(bits, dtype=ints).view(floats)
 
 
+def prune_count(n: int, fraction: float, lo: float = 0.0, hi: float = 1.0, keep_one: bool = False) -> int:
+    """How many of ``n`` entries ``fraction`` prunes, within ``[lo, hi]`` (and leaving one with ``keep_one``)."""
+    low, high = _count_bounds([n], lo, hi, keep_one)
+    return min(max(round(fraction * n), low[0]), high[0])
+
+
 def layer_lowest(scores: torch.Tensor, fraction: float, lo: float = 0.0, hi: float = 1.0,
                             keep_one: bool = False) -> torch.Tensor:
     """Keep-mask pruning ``fraction`` (clamped to ``[lo, hi]``) of one tensor's lowest scores.
@@ -272,20 +278,14 @@ def layer_lowest(scores: torch.Tensor, fraction: float, lo: float = 0.0, hi: flo
     ``keep_one`` leaves at least one entry (for a fraction below 1 that rounds up to everything).
     """
     flat = scores.reshape(1, -1)
-    n = flat.shape[1]
-    low, high = _count_bounds([n], lo, hi, keep_one)
-    k = min(max(round(fraction * n), low[0]), high[0])
-    return prune_lowest(flat, k).reshape(scores.shape)
+    return prune_lowest(flat, prune_count(flat.shape[1], fraction, lo, hi, keep_one)).reshape(scores.shape)
 
 
 def row_lowest(scores: torch.Tensor, fraction: float, lo: float = 0.0, hi: float = 1.0,
                           keep_one: bool = False) -> torch.Tensor:
     """Keep-mask pruning ``fraction`` of every output row (dim 0) separately, as Wanda compares."""
     rows = scores.reshape(scores.shape[0], -1) if scores.dim() > 1 else scores.reshape(1, -1)
-    n = rows.shape[1]
-    low, high = _count_bounds([n], lo, hi, keep_one)
-    k = min(max(round(fraction * n), low[0]), high[0])
-    return prune_lowest(rows, k).reshape(scores.shape)
+    return prune_lowest(rows, prune_count(rows.shape[1], fraction, lo, hi, keep_one)).reshape(scores.shape)
 
 
 def threshold_mask(scores: torch.Tensor, threshold: float, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:

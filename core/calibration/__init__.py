@@ -1,0 +1,18 @@
+"""Calibration passes shared by the data-aware methods (``magnitude``'s activation criterion and
+reconstruction, ``svd``'s data-aware factors).
+
+- :mod:`.tokens`: which rows of an activation are real tokens, so padding never enters a statistic;
+- :mod:`.blocks`: a model's repeated blocks and :class:`BlockStream`, which runs calibration batches
+  through them one block at a time, so a method can compress block ``i`` and calibrate block ``i + 1``
+  on the compressed model's own activations while holding one block's activations;
+- :mod:`.shares`: each rank's share of the calibration batches under torchrun and the sum of
+  statistics over ranks, so calibration scales across processes as fine-tuning does.
+"""
+
+from __future__ import annotations
+
+from .blocks import BlockStream, find_blocks
+from .shares import calibration_share, sum_over_ranks
+from .tokens import feature_rows, token_mask
+
+__all__ = ["BlockStream", "calibration_share", "feature_rows", "find_blocks", "sum_over_ranks", "token_mask"]
