@@ -13,6 +13,20 @@ def _one_torch_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory):
+    """Caches (sensitivities, the per-machine latency table) go to a folder of this test session, not ~/.cache."""
+    import os
+
+    previous = os.environ.get("TORCHSLIM_CACHE_DIR")
+    os.environ["TORCHSLIM_CACHE_DIR"] = str(tmp_path_factory.mktemp("torchslim-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("TORCHSLIM_CACHE_DIR", None)
+    else:
+        os.environ["TORCHSLIM_CACHE_DIR"] = previous
+
+
 @pytest.fixture(scope="module")
 def engine():
     """An Engine with every installed plugin discovered."""

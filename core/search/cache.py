@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from ..io.atomic import write_json_atomic
@@ -37,6 +36,3 @@ class SensitivityCache:
         write_json_atomic(self.path, self.data)
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "torchslim"

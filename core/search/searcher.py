@@ -34,7 +34,8 @@ from ..results import StepRecord, StepResult
 from ..surgery import fingerprint, private_copy
 from ..targets import WEIGHT_LAYERS, select_modules
 from .allocation import allocate
-from .cache import CACHE_VERSION, SensitivityCache, default_cache_dir
+from ..cache_dir import default_cache_dir
+from .cache import CACHE_VERSION, SensitivityCache
 from .knobs import Knob, default_grid, exact_glob, strength_knob
 from .plots import write_plots
 

@@ -65,6 +65,11 @@ class SVDOptions(BaseModel):
     latency_runs: int = Field(
         10, ge=1, le=1000,
         description="timed runs per layer and version, interleaved; the best run counts (least disturbed)")
+    latency_table: bool = Field(
+        True,
+        description="reuse this machine's layer timings (latency.json in the cache folder, keyed by CPU, torch "
+                    "version, threads, layer shapes and input shape): measured once, so later runs take the same "
+                    "keep-or-revert decisions on a quiet or a busy machine; false measures afresh every run")
     spread_by: Literal["macs", "latency"] = Field(
         "macs",
         description="with mac_ratio, what a cut is weighed against: normalized energy lost per MAC saved "

@@ -12,6 +12,7 @@ from torch import nn
 import torchslim
 from torchslim.batches import call_model, has_inputs
 from torchslim.errors import ModelError
+from torchslim.latency_table import LatencyTable
 from torchslim.measure import count_macs, eval_mode
 from torchslim.recipe import Targets
 from torchslim.surgery import replace_submodule
@@ -60,7 +61,8 @@ def decompose(model: nn.Module, example_inputs: Any, options: "SVDOptions | dict
                                                    damping=opts.damping, **stats)
     spectrum_seconds = time.perf_counter() - spectrum_start
 
-    trial = Trials(Activations(model, example_inputs))
+    table = LatencyTable() if opts.measure_latency and opts.latency_table else None
+    trial = Trials(Activations(model, example_inputs), table=table)
     info: dict[str, Any] = {}
     needed = 0.0
     if opts.rank_rule == "mac_ratio":
@@ -84,6 +86,8 @@ def decompose(model: nn.Module, example_inputs: Any, options: "SVDOptions | dict
         "mac_ratio": macs_after / macs_before if macs_before else 1.0,
         "data_aware": opts.data_aware, "spread_by": opts.spread_by, "seconds": time.perf_counter() - start,
         "spectrum_seconds": spectrum_seconds,
+        "latency_table": None if table is None else {"path": str(table.path), "reused": table.hits,
+                                                     "measured": table.measured},
         **factorized_speed(report),
     })
     return torchslim.StepResult(model=model, report=report, skipped=skipped, info=info)
@@ -101,6 +105,9 @@ def _require_budget(layers: list[Layer], trial: Trials, needed: float, macs_befo
         why = (f"{len(trial.slow)} layer(s) were kept because their factors did not run faster on this machine "
                f"(the latency gate); lower min_speedup/min_realized, set measure_latency: false to cut by MACs "
                f"alone, or raise mac_ratio")
+    elif opts.spread_by == "latency":
+        why = ("spread_by: latency only uses ranks whose factors were timed faster than the original on this "
+               "machine; use spread_by: macs, lower min_realized, or raise mac_ratio")
     else:
         why = ("the targeted layers cannot be cut further"
                + (f" with ranks in multiples of rank_multiple={opts.rank_multiple}" if opts.rank_multiple > 1 else "")

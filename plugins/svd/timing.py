@@ -10,11 +10,13 @@ import torch
 from torch import nn
 
 from torchslim.batches import as_inputs, call_model
+from torchslim.latency_table import LatencyTable
 from torchslim.measure import eval_mode, mha_fastpath_disabled
 
 from .layer import Layer, trial_key
 from .spectra import factorize
 from .options import SVDOptions
+
 
 class Activations:
     """Each targeted layer's real input and output, recomputed by a forward pass when needed.
@@ -69,6 +71,13 @@ class Trials:
     slow: dict[str, str] = field(default_factory=dict)
     floors: dict[tuple[str, str], int] = field(default_factory=dict)
     time_models: dict[tuple[str, str], tuple[float, float, float]] = field(default_factory=dict)
+    table: LatencyTable | None = None
+
+    def time_pair(self, before: nn.Module, after: nn.Module, x: torch.Tensor, runs: int) -> tuple[float, float]:
+        """``(before_ms, after_ms)`` from this machine's latency table when it has them, else measured."""
+        if self.table is None:
+            return time_pair(before, after, x, runs)
+        return self.table.pair(before, after, x, lambda: time_pair(before, after, x, runs))
 
 
 LATENCY_ROUNDS = 8
@@ -89,8 +98,8 @@ def time_models(layers: list[Layer], opts: "SVDOptions", trial: "Trials") -> Non
         ranks = [rank for rank in ranks if rank <= top] or [max(1, top)]
         measured = []
         for rank in ranks:
-            before, after = time_pair(layer.module, factorize(layer.module, layer.spectra[layer.form], rank),
-                                       x, opts.latency_runs)
+            before, after = trial.time_pair(layer.module, factorize(layer.module, layer.spectra[layer.form], rank),
+                                             x, opts.latency_runs)
             trial.timings[(layer.name, layer.form, rank)] = (before, after)
             measured.append((rank, before, after))
         original = min(before for _, before, _ in measured)
@@ -121,7 +130,7 @@ def check_latency(layers: list[Layer], opts: "SVDOptions",
 
     def time_layer(layer: Layer, x: torch.Tensor, y: torch.Tensor) -> None:
         key = trial_key(layer)
-        trial.timings[key] = time_pair(layer.module, trial.built[key], x, opts.latency_runs)
+        trial.timings[key] = trial.time_pair(layer.module, trial.built[key], x, opts.latency_runs)
 
     trial.activations.visit([layer for layer in timed if trial_key(layer) not in trial.timings], time_layer)
     for layer in timed:
