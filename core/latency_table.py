@@ -38,17 +38,18 @@ Timing = tuple[float, float]
 
 @lru_cache(maxsize=1)
 def _cpu_model() -> str:
+    """The CPU's model name and a digest of its feature flags (names such as "AMD EPYC" span generations)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    info = {key.strip(): value.strip() for key, value in info.items()}
+    flags = hashlib.sha256(info.get("flags", "").encode()).hexdigest()[:8]
+    return f"{info.get('model name', platform.machine())} (flags {flags})"
 
 
 def machine_key() -> str:
-    """What a timing depends on besides the modules: CPU model, torch version and build, thread count."""
+    """What a timing depends on besides the modules: CPU model and features, torch version, thread count."""
     return f"{_cpu_model()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
 
 

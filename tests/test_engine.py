@@ -1,5 +1,6 @@
 """The engine runs steps on a copy, measures each stage, and stops cleanly when a plugin fails."""
 
+import copy
 import json
 
 import pytest
@@ -22,6 +23,27 @@ RECIPE = {
 def engine():
     return bare_engine((Scale(), "scale"), (WeightNorm(), "weightnorm"), (Raises(), "raises"),
                        (ReturnsWrongType(), "wrongtype"), (ReturnsNaN(), "nan"))
+
+
+class CountsCopies(torch.nn.Sequential):
+    """A model that counts how often it is deep-copied (the engine may copy it once per run)."""
+
+    copies = 0
+
+    def __deepcopy__(self, memo):
+        type(self).copies += 1
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update({key: copy.deepcopy(value, memo) for key, value in self.__dict__.items()})
+        return clone
+
+
+def test_one_run_deep_copies_the_callers_model_once(engine):
+    torch.manual_seed(0)
+    model = CountsCopies(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    CountsCopies.copies = 0
+    result = engine.run(model, RECIPE, example_inputs=(torch.randn(2, 4),))
+    assert CountsCopies.copies == 1 and result.model is not model
 
 
 def test_run_works_on_a_copy_and_reports_every_stage(engine):
