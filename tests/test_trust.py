@@ -49,10 +49,14 @@ def test_a_large_tensor_the_default_targets_leave_out_is_a_warning_in_the_table(
     assert not any("large tensor" in w for w in targeted.steps[0].warnings)  # set explicitly: no word needed
 
 
-def test_a_tied_weight_changed_through_a_targeted_holder_is_named():
-    result = _run(TinyLM(), [{"compress": {"method": "magnitude", "sparsity": 0.5}}])
-    tied = [w for w in result.steps[0].warnings if "tied tensor" in w]
-    assert tied and "head" in tied[0] and "embed.weight" in tied[0]
+def test_a_tied_weight_held_outside_the_targets_is_skipped_with_the_reason():
+    model = TinyLM()
+    embedding = model.embed.weight.detach().clone()
+    result = _run(model, [{"compress": {"method": "magnitude", "sparsity": 0.5}}])
+    reasons = [why for name, why in result.steps[0].skipped if name == "head.weight"]
+    assert reasons and "embed.weight" in reasons[0]
+    torch.testing.assert_close(result.model.embed.weight, embedding)  # the embedding is not zeroed
+    assert result.model.head.weight is result.model.embed.weight  # and stays tied
 
 
 def test_a_step_that_changes_nothing_says_so():
