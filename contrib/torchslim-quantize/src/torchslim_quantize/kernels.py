@@ -45,7 +45,7 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.
 def dynamic_kernel() -> str | None:
     """The quantized engine whose int8 dynamic Linear kernel runs here (``"x86"``, ``"fbgemm"``, ...), or None."""
     try:
-        weight = torch.randn(4, 8)
+        weight = torch.randn(4, 8)  # works in and out of inference mode: no version counter is read
         packed = prepack(*quantize_per_channel(weight))
         torch.ops.quantized.linear_dynamic(torch.randn(2, 8), packed, True)
     except Exception:  # noqa: BLE001 - any failure means "use the dequantized path"
@@ -92,3 +92,12 @@ def int8_parameter(shape: Sequence[int]) -> nn.Parameter:
 def weight_of(module: nn.Module, name: str) -> torch.Tensor:
     """The tensor ``name`` of ``module`` as the forward pass sees it (pruning masks applied)."""
     return getattr(module, name).detach()
+
+
+def version_key(tensors: Sequence[torch.Tensor | None]) -> tuple:
+    """Identifies the contents of ``tensors`` for a packed-weight cache: storage and in-place version.
+
+    Inference tensors (made under :func:`torch.inference_mode`) track no version; they are keyed by
+    storage only.
+    """
+    return tuple((t.data_ptr(), None if t.is_inference() else t._version) for t in tensors if t is not None)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import dequantize, dynamic_kernel, int8_parameter, prepack, quantize_per_channel, weight_of
+from .kernels import dequantize, dynamic_kernel, int8_parameter, prepack, quantize_per_channel, version_key, weight_of
 from .recurrent import Int8GRU, Int8Recurrent, Int8RNN
 
 __all__ = ["Int8Conv", "Int8GRU", "Int8LSTM", "Int8Linear", "Int8RNN", "MODULE_KINDS", "dequantize",
@@ -89,7 +89,7 @@ class Int8Linear(nn.Module):
 
     def _packed_weight(self) -> Any:
         # rebuilt whenever a tensor it was packed from changed (load_state_dict, training the bias, ...)
-        key = tuple((t.data_ptr(), t._version) for t in (self.weight, self.scale, self.bias) if t is not None)
+        key = version_key((self.weight, self.scale, self.bias))
         if self._packed is None or self._packed_key != key:
             self._packed = prepack(self.weight.detach(), self.scale.detach(), self.bias)
             self._packed_key = key

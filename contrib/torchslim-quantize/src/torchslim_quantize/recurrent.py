@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .kernels import dequantize, dynamic_kernel, int8_parameter, prepack, quantize_per_channel, weight_of
+from .kernels import dequantize, dynamic_kernel, int8_parameter, prepack, quantize_per_channel, version_key, weight_of
 
 KERNELS = ("dynamic", "weight-only")
 
@@ -130,14 +130,19 @@ def recurrent_kernel() -> bool:
     if dynamic_kernel() is None:
         return False
     try:
-        for float_class in (nn.GRU, nn.LSTM):
-            probe = type("Probe", (Int8Recurrent,), {"float_class": float_class})
-            small = probe.from_float(float_class(4, 3), kernel="dynamic").eval()
-            with torch.no_grad():
-                small.rnn(torch.randn(2, 1, 4), None, cell_params=small._cell_params())
+        with torch.inference_mode(False), torch.no_grad():
+            _probe()
     except Exception:  # noqa: BLE001 - any failure means "use the weight-only path"
         return False
     return True
+
+
+def _probe() -> None:
+    """Run a tiny GRU and LSTM through the dynamic kernels (raises where they do not run)."""
+    for float_class in (nn.GRU, nn.LSTM):
+        probe = type("Probe", (Int8Recurrent,), {"float_class": float_class})
+        small = probe.from_float(float_class(4, 3), kernel="dynamic").eval()
+        small.rnn(torch.randn(2, 1, 4), None, cell_params=small._cell_params())
 
 
 # ------------------------------------------------------------------------------------------- layers
@@ -231,7 +236,7 @@ class Int8Recurrent(nn.Module):
     def _cell_params(self) -> list[Any]:
         """The kernel's packed cell parameters, one per layer and direction (rebuilt when a tensor changed)."""
         tensors = [getattr(self, n) for n in self.names] + [getattr(self, f"{n}_scale") for n, _, _ in self.int8_weights()]
-        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        key = version_key(tensors)
         if self._cells is not None and self._cells_key == key:
             return self._cells
         rnn, cells = self.rnn, []
