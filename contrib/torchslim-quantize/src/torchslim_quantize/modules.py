@@ -1,4 +1,4 @@
-"""int8 module kinds: ``Int8Linear``, ``Int8Conv`` and ``Int8LSTM``, stored as int8 in their state dict.
+"""int8 module kinds: ``Int8Linear``, ``Int8Conv`` and ``Int8LSTM`` (GRU and RNN: :mod:`.recurrent`), stored as int8.
 
 Weights are quantized symmetrically per output channel (``w ~= q * scale[row]``, ``q`` in [-127, 127],
 zero point 0, so pruned zeros stay exactly zero). The int8 tensor is a frozen ``nn.Parameter``
