@@ -29,7 +29,7 @@ class Int8Options(BaseModel):
                     "PyTorch's FBGEMM/x86 kernel on CPU), 'weight-only' (int8 storage, float compute) or 'skip'")
     reduce_range: bool = Field(
         True,
-        description="dynamic Linear: quantize activations to 7 bits, as PyTorch does on x86 (safe everywhere); "
+        description="dynamic Linear, GRU and LSTM kernels: quantize activations to 7 bits, as PyTorch does on x86; "
                     "false uses 8 bits, more accurate (MiniLM cosine 0.978 -> 0.993 in bench/quantize.py) but "
                     "products may saturate on CPUs without VNNI")
     conv: Literal["weight-only", "skip"] = Field(
