@@ -54,21 +54,26 @@ def run(engine, model, steps, x):
 
 
 @needs_kernel
-def test_gru_runs_the_int8_kernel_close_to_float_for_every_input_form():
+@pytest.mark.parametrize("float_class, kind", [(nn.GRU, Int8GRU), (nn.LSTM, Int8LSTM)])
+def test_dynamic_kernel_runs_close_to_float_for_every_input_form(float_class, kind):
     torch.manual_seed(0)
-    gru = nn.GRU(12, 24, num_layers=2, bidirectional=True).eval()
-    layer = Int8GRU.from_float(gru).eval()
+    layer = float_class(12, 24, num_layers=2, bidirectional=True).eval()
+    quantized = kind.from_float(layer, kernel="dynamic").eval()
     x, h0 = torch.randn(7, 3, 12), torch.randn(4, 3, 24)
+    state = (h0, torch.randn(4, 3, 24)) if float_class is nn.LSTM else h0
+    first = tuple(h[:, 0] for h in state) if float_class is nn.LSTM else h0[:, 0]
     packed = nn.utils.rnn.pack_padded_sequence(x, [7, 2, 5], enforce_sorted=False)
     with torch.no_grad():
-        for args in ((x,), (x, h0), (x[:, 0],), (x[:, 0], h0[:, 0]), (packed, h0)):
-            (ref, ref_h), (out, out_h) = gru(*args), layer(*args)
+        for args in ((x,), (x, state), (x[:, 0],), (x[:, 0], first), (packed, state)):
+            (ref, ref_h), (out, out_h) = layer(*args), quantized(*args)
             if isinstance(ref, nn.utils.rnn.PackedSequence):
                 assert torch.equal(out.batch_sizes, ref.batch_sizes)
                 ref, out = ref.data, out.data
+            ref_h, out_h = torch.stack(list(ref_h)) if isinstance(ref_h, tuple) else ref_h, \
+                torch.stack(list(out_h)) if isinstance(out_h, tuple) else out_h
             assert out.shape == ref.shape and out_h.shape == ref_h.shape
             assert (out - ref).abs().max() < 0.05 and (out_h - ref_h).abs().max() < 0.05
-    assert layer._cells is not None and len(layer._cells) == 4  # one packed cell per layer and direction
+    assert quantized._cells is not None and len(quantized._cells) == 4  # one packed cell per layer and direction
 
 
 @needs_kernel

@@ -92,15 +92,13 @@ def _run_dynamic(rnn: nn.RNNBase, input: Any, hx: Any, params: list[Any]) -> tup
     else:
         hx = _permute(tuple(hx) if lstm else hx, sorted_indices)
     _check_args(rnn, data, hx, batch_sizes)
-    layers, dropout, training, bidirectional = rnn.num_layers, float(rnn.dropout), rnn.training, rnn.bidirectional
+    # the kernels' two overloads: padded (..., batch_first) or packed (data, batch_sizes, ...); biases always given
+    common = (params, True, rnn.num_layers, float(rnn.dropout), rnn.training, rnn.bidirectional)
+    args = (data, hx, *common, rnn.batch_first) if batch_sizes is None else (data, batch_sizes, hx, *common)
     if lstm:
-        args = (data, hx, params, True, layers, dropout, training, bidirectional, rnn.batch_first) \
-            if batch_sizes is None else (data, batch_sizes, hx, params, True, layers, dropout, training, bidirectional)
         result = torch.quantized_lstm(*args, dtype=torch.qint8, use_dynamic=True)
         output, hidden = result[0], (result[1], result[2])
     else:
-        args = (data, hx, params, True, layers, dropout, training, bidirectional, rnn.batch_first) \
-            if batch_sizes is None else (data, batch_sizes, hx, params, True, layers, dropout, training, bidirectional)
         output, hidden = torch.quantized_gru(*args)[:2]
     if isinstance(input, PackedSequence):
         return PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices), _permute(hidden, unsorted_indices)
