@@ -9,14 +9,14 @@ import pytest
 import torch
 from safetensors import safe_open
 from torch import nn
+from torchslim_quantize import Int8Conv, Int8Linear, Int8LSTM, dynamic_kernel, quantize
 
 import torchslim
 from torchslim.io import saved_size_bytes
-from torchslim.plugins.svd.modules import LowRankLinear
 from torchslim.masks import masked_parameters
 from torchslim.measure import count_macs, count_nonzeros
+from torchslim.plugins.svd.modules import LowRankLinear
 from torchslim.testing import check_method_plugin
-from torchslim_quantize import Int8Conv, Int8Linear, Int8LSTM, dynamic_kernel, quantize
 
 BENCH = Path(__file__).resolve().parents[3] / "bench" / "quantize.py"
 INT8_ONLY = {"steps": [{"compress": {"method": "int8"}}], "evaluate": []}

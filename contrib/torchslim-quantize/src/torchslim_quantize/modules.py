@@ -1,4 +1,4 @@
-"""int8 module kinds: ``Int8Linear``, ``Int8Conv`` and ``Int8LSTM``, stored as int8 in their state dict.
+"""int8 module kinds: ``Int8Linear``, ``Int8Conv`` and ``Int8LSTM`` (GRU and RNN: :mod:`.recurrent`), stored as int8.
 
 Weights are quantized symmetrically per output channel (``w ~= q * scale[row]``, ``q`` in [-127, 127],
 zero point 0, so pruned zeros stay exactly zero). The int8 tensor is a frozen ``nn.Parameter``
@@ -18,88 +18,17 @@ on non-CPU devices, for non-float32 inputs, or where the kernel is missing, the 
 
 from __future__ import annotations
 
-import functools
-import math
-import warnings
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-QMAX = 127
+from .kernels import dequantize, dynamic_kernel, int8_parameter, prepack, quantize_per_channel, version_key, weight_of
+from .recurrent import Int8GRU, Int8Recurrent, Int8RNN
 
-
-# ------------------------------------------------------------------------------------------- maths
-def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Quantize ``weight`` (output channels on dim 0) to ``(int8 tensor, float32 scale per channel)``.
-
-    >>> q, s = quantize_per_channel(torch.tensor([[0.5, -1.0], [0.0, 0.0]]))
-    >>> q.tolist(), s.tolist()[1]
-    ([[64, -127], [0, 0]], 1.0)
-    """
-    w = weight.detach().to(torch.float32)
-    flat = w.reshape(w.shape[0], -1)
-    amax = flat.abs().amax(dim=1)
-    # an all-zero channel (pruned away) gets scale 1 so nothing divides by zero; its values stay 0
-    scale = torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
-    q = torch.round(flat / scale[:, None]).clamp_(-QMAX, QMAX).to(torch.int8)
-    return q.reshape(w.shape), scale
-
-
-def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """``q * scale`` broadcast over the output-channel dim 0, in ``dtype``."""
-    return q.to(dtype) * scale.to(dtype).reshape((-1,) + (1,) * (q.dim() - 1))
-
-
-@functools.lru_cache(maxsize=1)
-def dynamic_kernel() -> str | None:
-    """The quantized engine whose int8 dynamic Linear kernel runs here (``"x86"``, ``"fbgemm"``, ...), or None."""
-    try:
-        weight = torch.randn(4, 8)
-        packed = _prepack(*quantize_per_channel(weight))
-        torch.ops.quantized.linear_dynamic(torch.randn(2, 8), packed, True)
-    except Exception:  # noqa: BLE001 - any failure means "use the dequantized path"
-        return None
-    return str(torch.backends.quantized.engine)
-
-
-def _prepack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None) -> Any:
-    with warnings.catch_warnings():  # quantized-tensor constructors warn about their future; we only feed the kernel
-        warnings.simplefilter("ignore")
-        zero = torch.zeros(q.shape[0], dtype=torch.long)
-        qweight = torch._make_per_channel_quantized_tensor(q.cpu(), scale.double().cpu(), zero, 0)
-        return torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float().cpu())
-
-
-def _register_flop_formula() -> None:
-    """Teach ``torch.utils.flop_counter`` the dynamic kernel: 2 x input elements x output features."""
-    op = getattr(getattr(torch.ops, "quantized", None), "linear_dynamic", None)
-    try:
-        from torch.utils.flop_counter import flop_registry, register_flop_formula
-    except ImportError:  # pragma: no cover - very old torch
-        return
-    if op is None or op in flop_registry or getattr(op, "default", None) in flop_registry:
-        return
-
-    def linear_dynamic_flop(x_shape: Sequence[int], *args: Any, out_shape: Sequence[int] | None = None,
-                            **kwargs: Any) -> int:
-        return 2 * math.prod(x_shape) * int(out_shape[-1])
-
-    register_flop_formula(op)(linear_dynamic_flop)
-
-
-_register_flop_formula()
-
-
-def _int8_parameter(shape: Sequence[int]) -> nn.Parameter:
-    return nn.Parameter(torch.zeros(tuple(shape), dtype=torch.int8), requires_grad=False)
-
-
-def _is_masked_or_dense(module: nn.Module, name: str) -> torch.Tensor:
-    """The weight as the forward pass sees it (pruning masks applied)."""
-    return getattr(module, name).detach()
-
+__all__ = ["Int8Conv", "Int8GRU", "Int8LSTM", "Int8Linear", "Int8RNN", "MODULE_KINDS", "dequantize",
+           "dynamic_kernel", "quantize_per_channel"]
 
 # ------------------------------------------------------------------------------------------- Linear
 class Int8Linear(nn.Module):
@@ -118,7 +47,7 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features, self.kernel = int(in_features), int(out_features), kernel
         # 7-bit activations: what PyTorch uses on x86, where 8-bit products can saturate without VNNI
         self.reduce_range = bool(reduce_range)
-        self.weight = _int8_parameter((out_features, in_features))
+        self.weight = int8_parameter((out_features, in_features))
         self.register_buffer("scale", torch.ones(out_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self._packed: Any = None
@@ -128,7 +57,7 @@ class Int8Linear(nn.Module):
     def from_float(cls, linear: nn.Linear, kernel: str = "dynamic", reduce_range: bool = True) -> "Int8Linear":
         """Quantize an ``nn.Linear`` (masked or not); the original is left unchanged."""
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, kernel, reduce_range)
-        q, scale = quantize_per_channel(_is_masked_or_dense(linear, "weight"))
+        q, scale = quantize_per_channel(weight_of(linear, "weight"))
         layer.to(linear.weight.device)
         with torch.no_grad():
             layer.weight.copy_(q)
@@ -160,9 +89,9 @@ class Int8Linear(nn.Module):
 
     def _packed_weight(self) -> Any:
         # rebuilt whenever a tensor it was packed from changed (load_state_dict, training the bias, ...)
-        key = tuple((t.data_ptr(), t._version) for t in (self.weight, self.scale, self.bias) if t is not None)
+        key = version_key((self.weight, self.scale, self.bias))
         if self._packed is None or self._packed_key != key:
-            self._packed = _prepack(self.weight.detach(), self.scale.detach(), self.bias)
+            self._packed = prepack(self.weight.detach(), self.scale.detach(), self.bias)
             self._packed_key = key
         return self._packed
 
@@ -203,7 +132,7 @@ class Int8Conv(nn.Module):
         self.dims, self.in_channels, self.out_channels, self.groups = int(dims), int(in_channels), int(out_channels), int(groups)
         self.kernel_size, self.stride, self.dilation = tuple(kernel_size), tuple(stride), tuple(dilation)
         self.padding = padding if isinstance(padding, str) else tuple(padding)
-        self.weight = _int8_parameter((out_channels, in_channels // groups, *self.kernel_size))
+        self.weight = int8_parameter((out_channels, in_channels // groups, *self.kernel_size))
         self.register_buffer("scale", torch.ones(out_channels))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
@@ -215,7 +144,7 @@ class Int8Conv(nn.Module):
         dims = len(conv.kernel_size)
         layer = cls(dims, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                     conv.dilation, conv.groups, conv.bias is not None)
-        q, scale = quantize_per_channel(_is_masked_or_dense(conv, "weight"))
+        q, scale = quantize_per_channel(weight_of(conv, "weight"))
         layer.to(conv.weight.device)
         with torch.no_grad():
             layer.weight.copy_(q)
@@ -251,81 +180,16 @@ class Int8Conv(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- LSTM
-class Int8LSTM(nn.Module):
-    """``nn.LSTM`` with int8 weight matrices (weight-only; biases stay float).
+class Int8LSTM(Int8Recurrent):
+    """``nn.LSTM`` with int8 weight matrices; ``kernel="weight-only"`` by default (see :mod:`.recurrent`).
 
-    The child ``lstm`` is an ``nn.LSTM`` without parameters that supplies the recurrence: each forward
-    runs it through :func:`torch.func.functional_call` with the dequantized weights, then drops them,
-    so only the int8 copies persist. Tools that look for ``nn.LSTM`` modules (MAC counting) see it.
+    PyTorch's dynamic int8 LSTM kernel (``kernel="dynamic"``) measured 0.47x to 1.12x the speed of the
+    float LSTM here (bench/quantize_rnn.py), so the default keeps float compute and gains 4x storage.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
-                 proj_size: int = 0) -> None:
-        super().__init__()
-        lstm = nn.LSTM(input_size, hidden_size, num_layers, bias=bias, batch_first=batch_first, dropout=dropout,
-                       bidirectional=bidirectional, proj_size=proj_size, device="meta")
-        self.names = list(lstm._flat_weights_names)
-        shapes = {name: tuple(getattr(lstm, name).shape) for name in self.names}
-        for name in self.names:
-            delattr(lstm, name)
-        lstm._flat_weights = [None] * len(self.names)
-        self.lstm = lstm
-        for name in self.names:
-            if name.startswith("weight"):
-                setattr(self, name, _int8_parameter(shapes[name]))
-                self.register_buffer(f"{name}_scale", torch.ones(shapes[name][0]))
-            else:
-                setattr(self, name, nn.Parameter(torch.zeros(shapes[name])))
-
-    @classmethod
-    def from_float(cls, lstm: nn.LSTM) -> "Int8LSTM":
-        """Quantize an ``nn.LSTM`` (masked or not); the original is left unchanged."""
-        layer = cls(**_lstm_args(lstm))
-        layer.to(next(lstm.parameters()).device)
-        with torch.no_grad():
-            for name in layer.names:
-                value = _is_masked_or_dense(lstm, name)
-                if name.startswith("weight"):
-                    q, scale = quantize_per_channel(value)
-                    getattr(layer, name).copy_(q)
-                    getattr(layer, f"{name}_scale").copy_(scale)
-                else:
-                    getattr(layer, name).copy_(value)
-        return layer
-
-    def torchslim_spec(self) -> dict[str, Any]:
-        """Constructor arguments, for :func:`torchslim.save`."""
-        return _lstm_args(self.lstm)
-
-    @classmethod
-    def from_torchslim_spec(cls, spec: dict[str, Any]) -> "Int8LSTM":
-        """Rebuild an empty layer from :meth:`torchslim_spec`; the weights come from the state dict."""
-        return cls(**spec)
-
-    def forward(self, input: Any, hx: Any = None) -> Any:
-        dtype = input.data.dtype if isinstance(input, nn.utils.rnn.PackedSequence) else input.dtype
-        params = {}
-        for name in self.names:
-            value = getattr(self, name)
-            params[name] = dequantize(value, getattr(self, f"{name}_scale"), dtype) if name.startswith("weight") \
-                else value.to(dtype)
-        self.lstm.train(self.training)
-        args = (input,) if hx is None else (input, hx)
-        try:
-            return torch.func.functional_call(self.lstm, params, args, strict=False)
-        finally:
-            self.lstm._flat_weights = [None] * len(self.names)  # do not keep the float copies alive
-
-    def extra_repr(self) -> str:
-        return "weight-only int8"
-
-
-def _lstm_args(lstm: nn.LSTM) -> dict[str, Any]:
-    return {"input_size": lstm.input_size, "hidden_size": lstm.hidden_size, "num_layers": lstm.num_layers,
-            "bias": lstm.bias, "batch_first": lstm.batch_first, "dropout": float(lstm.dropout),
-            "bidirectional": lstm.bidirectional, "proj_size": lstm.proj_size}
+    float_class = nn.LSTM
+    default_kernel = "weight-only"
 
 
 #: The module kinds this package puts into models (registered with torchslim for save/load).
-MODULE_KINDS: tuple[type[nn.Module], ...] = (Int8Linear, Int8Conv, Int8LSTM)
+MODULE_KINDS: tuple[type[nn.Module], ...] = (Int8Linear, Int8Conv, Int8LSTM, Int8GRU, Int8RNN)
