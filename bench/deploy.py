@@ -12,7 +12,7 @@ Sections (all by default; pick some with flags):
 - ``--digits``: the digits CNN trained, pruned with ``channel`` (MAC ratio 0.5), fine-tuned and deployed
   int8; accuracy measured on the artifact, against the dense model's.
 
-``--quick`` (one to two minutes): ResNet-18 at 64x64, batch 8, channel by a fixed channel ratio, no
+``--quick`` (one to two minutes): ResNet-18 at 32x32, batch 8, channel by a fixed channel ratio, no
 inductor (its compiles take minutes), MiniLM skipped, digits with short training and ONNX Runtime only. Prints tables and writes JSON (``bench/results/deploy.json``,
 ``deploy-quick.json`` with --quick).
 
@@ -100,7 +100,7 @@ def compressed(engine: torchslim.Engine, base: nn.Module, x: tuple, quick: bool)
     With ``quick`` channel prunes 30% of the channels (about MAC ratio 0.5 on a ResNet) instead of
     bisecting for the MAC ratio, which takes a minute.
     """
-    channel = {"ratio": 0.3} if quick else {"mac_ratio": 0.5}
+    channel = {"ratio": 0.35} if quick else {"mac_ratio": 0.5}
     steps = {"channel": {"accelerate": {"method": "channel", **channel}},
              "svd": {"accelerate": {"method": "svd", "mac_ratio": 0.5, "measure_latency": False}}}
     out = {"dense": base.eval()}
@@ -110,10 +110,12 @@ def compressed(engine: torchslim.Engine, base: nn.Module, x: tuple, quick: bool)
     return out
 
 
-def bench_resnet(quick: bool, skip: set[str]) -> list[dict[str, Any]]:
+def bench_resnet(quick: bool, skip: set[str], models: list[str], batches: list[int]) -> list[dict[str, Any]]:
     engine = torchslim.Engine()
-    builders = {"resnet18": resnet18} if quick else {"resnet50": resnet50, "resnet18": resnet18}
-    size, batches, rounds = (64, [8], 5) if quick else (160, [1, 8], 15)
+    known = {"resnet50": resnet50, "resnet18": resnet18}
+    builders = {"resnet18": resnet18} if quick else {name: known[name] for name in models}
+    size, rounds, calibrate = (32, 5, 2) if quick else (160, 15, 4)
+    batches = [8] if quick else batches
     rows = []
     for model_name, build in builders.items():
         torch.manual_seed(0)
@@ -123,7 +125,7 @@ def bench_resnet(quick: bool, skip: set[str]) -> list[dict[str, Any]]:
         for batch in batches:
             x = (torch.randn(batch, 3, size, size),)
             calibration = [(torch.randn(batch, 3, size, size), torch.zeros(batch, dtype=torch.long))
-                           for _ in range(4)]
+                           for _ in range(calibrate)]
             calls, notes = {}, {}
             for variant, model in variants.items():
                 for label, method, options in RUNTIMES:
@@ -155,10 +157,11 @@ class Encoder(nn.Module):
     def __init__(self, st: nn.Module) -> None:
         super().__init__()
         self.st = st
+        self.token_types = "token_type_ids" in st.tokenize(["x"])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         features = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if "token_type_ids" in self.st.tokenize(["x"]):
+        if self.token_types:
             features["token_type_ids"] = torch.zeros_like(input_ids)
         return self.st(features)["sentence_embedding"]
 
@@ -242,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resnet", action="store_true")
     parser.add_argument("--minilm", action="store_true")
     parser.add_argument("--digits", action="store_true")
+    parser.add_argument("--models", default="resnet50,resnet18", help="ResNet-shaped models of --resnet")
+    parser.add_argument("--batches", default="1,8", help="batch sizes of --resnet")
     parser.add_argument("--json", type=Path, help="where to write the JSON (default bench/results/deploy.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
@@ -251,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "torch": torch.__version__}, "quick": args.quick}
     start = time.perf_counter()
     if "resnet" in chosen:
-        out["resnet"] = bench_resnet(args.quick, skip)
+        out["resnet"] = bench_resnet(args.quick, skip, args.models.split(","),
+                                     [int(b) for b in args.batches.split(",")])
         shown = [{k: v for k, v in row.items() if not k.endswith(" ms")} for row in out["resnet"]]
         print("\nspeed against the dense model in eager PyTorch (same round, interleaved)\n" + rows_table(shown))
     if "minilm" in chosen:
