@@ -110,7 +110,8 @@ def compressed(engine: torchslim.Engine, base: nn.Module, x: tuple, quick: bool)
     return out
 
 
-def bench_resnet(quick: bool, skip: set[str], models: list[str], batches: list[int]) -> list[dict[str, Any]]:
+def bench_resnet(quick: bool, skip: set[str], models: list[str], batches: list[int],
+                 progress: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
     engine = torchslim.Engine()
     known = {"resnet50": resnet50, "resnet18": resnet18}
     builders = {"resnet18": resnet18} if quick else {name: known[name] for name in models}
@@ -122,21 +123,25 @@ def bench_resnet(quick: bool, skip: set[str], models: list[str], batches: list[i
         base = build().eval()
         variants = compressed(engine, base, (torch.randn(8, 3, size, size),), quick)
         macs = {name: count_macs(model, (torch.randn(1, 3, size, size),)) for name, model in variants.items()}
+        runners: dict[tuple[str, str], Any] = {}
+        notes: dict[tuple[str, str], str] = {}
         for batch in batches:
             x = (torch.randn(batch, 3, size, size),)
             calibration = [(torch.randn(batch, 3, size, size), torch.zeros(batch, dtype=torch.long))
                            for _ in range(calibrate)]
-            calls, notes = {}, {}
+            calls = {}
             for variant, model in variants.items():
                 for label, method, options in RUNTIMES:
+                    key = (variant, label)
                     if method in skip:
-                        notes[(variant, label)] = "skipped: --quick" if quick else "skipped"
+                        notes[key] = "skipped: --quick" if quick else "skipped"
                         continue
-                    runner, note = deployed(model, x, method, options, calibration)
-                    notes[(variant, label)] = note
-                    if runner is not None:
-                        calls[f"{variant}|{label}"] = (lambda r=runner: r(*x))
-                    print(f"  {model_name} b{batch} {variant} {label}: {note or 'ready'}", file=sys.stderr)
+                    # artifacts take any batch size, except inductor int8's, which is fixed to its example batch
+                    if key not in runners or (method == "inductor" and options.get("precision") == "int8"):
+                        runners[key], notes[key] = deployed(model, x, method, options, calibration)
+                        print(f"  {model_name} b{batch} {variant} {label}: {notes[key] or 'ready'}", file=sys.stderr)
+                    if runners[key] is not None:
+                        calls[f"{variant}|{label}"] = (lambda r=runners[key], x=x: r(*x))
             times = interleaved(calls, rounds)
             reference = times["dense|eager"]
             for variant in variants:
@@ -147,6 +152,8 @@ def bench_resnet(quick: bool, skip: set[str], models: list[str], batches: list[i
                     row[label] = f"{reference / ms:.2f}x" if ms else (notes[(variant, label)] or "-")
                     row[f"{label} ms"] = ms
                 rows.append(row)
+            if progress is not None:
+                progress(rows)
     return rows
 
 
@@ -255,9 +262,17 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": THREADS,
                                        "torch": torch.__version__}, "quick": args.quick}
     start = time.perf_counter()
+    path = args.json or RESULTS / ("deploy-quick.json" if args.quick else "deploy.json")
     if "resnet" in chosen:
+        def progress(rows: list[dict[str, Any]]) -> None:  # a long run keeps what it measured so far
+            out["resnet"] = rows
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(out, indent=2, default=str))
+            shown = [{k: v for k, v in row.items() if not k.endswith(" ms")} for row in rows]
+            print(rows_table(shown), file=sys.stderr)
+
         out["resnet"] = bench_resnet(args.quick, skip, args.models.split(","),
-                                     [int(b) for b in args.batches.split(",")])
+                                     [int(b) for b in args.batches.split(",")], progress)
         shown = [{k: v for k, v in row.items() if not k.endswith(" ms")} for row in out["resnet"]]
         print("\nspeed against the dense model in eager PyTorch (same round, interleaved)\n" + rows_table(shown))
     if "minilm" in chosen:
@@ -268,7 +283,6 @@ def main(argv: list[str] | None = None) -> int:
         out["digits"] = bench_digits(args.quick, skip)
         print("\ndigits CNN: channel 0.5 + fine-tune + int8, accuracy on the artifact\n" + rows_table(out["digits"]))
     out["seconds"] = round(time.perf_counter() - start, 1)
-    path = args.json or RESULTS / ("deploy-quick.json" if args.quick else "deploy.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, default=str))
     print(f"\nwrote {path} ({out['seconds']} s)")
