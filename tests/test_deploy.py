@@ -145,3 +145,28 @@ def test_inductor_fp32_and_int8(engine, data):
     assert isinstance(fp32.model, InductorModule) and fp32.final["accuracy"] == 1.0
     int8 = run(engine, {"method": "inductor", "precision": "int8"}, data, evaluate=("accuracy",))
     assert int8.final["accuracy"] >= 0.75 and 0 < int8.steps[-1].info["output_error"] < 0.1
+
+
+class ReusedReluBlock(nn.Module):
+    """A residual block that calls one ``nn.ReLU`` three times, as torchvision's ResNet blocks do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        y = self.relu(self.conv1(x))
+        return self.relu(self.relu(self.conv2(y)) + x)
+
+
+@pytest.mark.slow
+def test_inductor_int8_quantizes_blocks_that_reuse_one_relu():
+    if torchslim.runtime.unavailable("inductor") is not None:
+        pytest.skip(torchslim.runtime.unavailable("inductor"))
+    torch.manual_seed(0)
+    model = ReusedReluBlock().eval()
+    x = torch.randn(2, 8, 8, 8)
+    artifact = deploy(model, (x,), "inductor", precision="int8", train_data=[(x, None)])
+    reference = model(x).detach()
+    assert float((artifact(x) - reference).norm() / reference.norm()) < 0.1

@@ -46,6 +46,29 @@ def _pt2e() -> tuple[Any, Any, Any, Any]:
     return prepare_pt2e, convert_pt2e, X86InductorQuantizer, get_default_x86_inductor_quantization_config
 
 
+#: Activation modules a model may call more than once (torchvision-style blocks reuse one ``self.relu``).
+_STATELESS = {f"{c.__module__}.{c.__qualname__}" for c in (
+    nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU)}
+
+
+def one_partition_per_call(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Give every call of a reused activation module its own source partition, in place.
+
+    The x86 quantizer groups nodes by the module they came from; a block that calls one ``nn.ReLU``
+    three times becomes one partition with three outputs, which it refuses ("Input partition has more
+    than one output node"). Each call is its own activation, so each gets its own name.
+    """
+    for node in graph_module.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if node.op != "call_function" or not stack:
+            continue
+        key, (fqn, cls) = list(stack.items())[-1]
+        name = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
+        if name in _STATELESS:
+            node.meta["nn_module_stack"] = {**stack, key: (f"{fqn}@{node.name}", cls)}
+    return graph_module
+
+
 def int8_unavailable() -> str | None:
     """Why PT2E int8 cannot run here, or None."""
     try:
@@ -106,7 +129,7 @@ def exported(model: nn.Module, inputs: tuple[torch.Tensor, ...], options: Induct
             program = torch.export.export(model, inputs)
             prepare_pt2e, convert_pt2e, quantizer_cls, config = _pt2e()
             quantizer = quantizer_cls().set_global(config())
-            observed = prepare_pt2e(program.module(), quantizer)
+            observed = prepare_pt2e(one_partition_per_call(program.module()), quantizer)
             for batch_inputs in calibration_inputs(context, options.calibration_batches, where):
                 in_chunks(observed, batch_inputs, int(inputs[0].shape[0]))
             quantized = convert_pt2e(observed)
