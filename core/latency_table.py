@@ -59,10 +59,14 @@ def module_signature(module: nn.Module) -> str:
     return f"{type(module).__qualname__}:{module!r}:{','.join(dtypes)}"
 
 
-def pair_key(before: nn.Module, after: nn.Module, x: torch.Tensor) -> str:
-    """The table key of timing ``before`` against ``after`` on inputs shaped like ``x`` on this machine."""
-    text = "\n".join([machine_key(), module_signature(before), module_signature(after),
-                      f"{tuple(x.shape)}:{x.dtype}:{x.device.type}"])
+def pair_key(before: nn.Module, after: nn.Module, x: torch.Tensor, runtime: str | None = None) -> str:
+    """The table key of timing ``before`` against ``after`` on inputs shaped like ``x`` on this machine.
+
+    ``runtime`` names the deploy method both were timed in (None: eager PyTorch, the keys of earlier tables).
+    """
+    parts = [machine_key(), module_signature(before), module_signature(after),
+             f"{tuple(x.shape)}:{x.dtype}:{x.device.type}"]
+    text = "\n".join(parts + ([f"runtime {runtime}"] if runtime else []))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -84,9 +88,9 @@ class LatencyTable:
         self.measured = 0
 
     def pair(self, before: nn.Module, after: nn.Module, x: torch.Tensor,
-             measure: Callable[[], Timing]) -> Timing:
-        """The stored ``(before_ms, after_ms)`` for this pair and input, else ``measure()``'s, recorded."""
-        key = pair_key(before, after, x)
+             measure: Callable[[], Timing], runtime: str | None = None) -> Timing:
+        """The stored ``(before_ms, after_ms)`` for this pair, input and runtime, else ``measure()``'s, recorded."""
+        key = pair_key(before, after, x, runtime)
         stored = self.entries.get(key)
         if stored is not None:
             self.hits += 1

@@ -23,9 +23,9 @@ the usual convention (fvcore, ptflops). Pruning masks do not reduce MACs: masked
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
 import statistics
 import time
+from collections.abc import Mapping
 from typing import Any, Iterator
 
 import torch
@@ -80,7 +80,8 @@ def count_params(model: nn.Module) -> int:
     >>> count_params(nn.Linear(4, 3))
     15
     """
-    return sum(tensor.numel() for _, tensor in effective_tensors(model))
+    carried = _carried(model, "params")
+    return carried if carried is not None else sum(tensor.numel() for _, tensor in effective_tensors(model))
 
 
 def count_nonzeros(model: nn.Module) -> int:
@@ -91,7 +92,15 @@ def count_nonzeros(model: nn.Module) -> int:
     >>> count_nonzeros(layer)  # only the bias is left
     2
     """
-    return sum(int(torch.count_nonzero(tensor)) for _, tensor in effective_tensors(model))
+    carried = _carried(model, "nonzeros")
+    return carried if carried is not None else sum(int(torch.count_nonzero(tensor))
+                                                   for _, tensor in effective_tensors(model))
+
+
+def _carried(model: nn.Module, count: str) -> int | None:
+    """A count a deployed model carries from the model it was built from (its weights sit in its artifact)."""
+    counts = getattr(model, "torchslim_counts", None)
+    return int(counts[count]) if isinstance(counts, dict) and count in counts else None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -204,6 +213,9 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
     flags are restored afterwards and nothing in it changes. See the module docstring for what is
     counted. Raises :class:`~torchslim.DataError` when the model cannot run on the inputs.
     """
+    carried = _carried(model, "macs")
+    if carried is not None:
+        return carried
     inputs = _prepare(model, example_inputs)
     counter = FlopCounterMode(display=False, custom_mapping=_custom_formulas())
     # Recurrent modules: drop what the counter saw inside them (backend-dependent) and add the formula.

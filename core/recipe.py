@@ -50,7 +50,7 @@ class Targets(StrictModel):
 class Step(StrictModel):
     """One recipe step: a stage, the method (plugin name) that runs it, its options and targets."""
 
-    stage: Stage = Field(description="compress, accelerate or finetune (the key of the step mapping)")
+    stage: Stage = Field(description="compress, accelerate, finetune or deploy (the key of the step mapping)")
     method: str = Field(description="name of the installed method plugin that runs the step")
     options: Any = Field(default_factory=dict,
                          description="the method's options (the other keys of the step mapping)")
@@ -148,6 +148,12 @@ class Search(StrictModel):
     backoff_factor: float = Field(0.5, gt=0, lt=1, description="weaker target = t + (1 - t) * factor")
     cache_dir: str | None = Field(None, description="sensitivity cache folder (default: ~/.cache/torchslim)")
     plot: bool = Field(True, description="write sensitivity and attempt plots when matplotlib is installed")
+    runtime: str | None = Field(
+        None, description="measure the target's cost (latency_ms, size_bytes) on each candidate deployed with this "
+                          "deploy method (e.g. onnxruntime), so the search picks layers that are fast where the model "
+                          "will run; default: the eager PyTorch model")
+    runtime_options: dict[str, Any] = Field(
+        default_factory=dict, description="options of the runtime, e.g. {precision: int8}")
 
     @field_validator("target")
     @classmethod

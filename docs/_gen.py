@@ -289,7 +289,7 @@ def documented_plugins(repo: Path = REPO, *, with_strategies: bool = False) -> A
     if broken:
         raise RuntimeError("plugins failed to load, so their options cannot be documented:\n  "
                            + "\n  ".join(info.error or f"{info.name}: {info.status}" for info in broken))
-    order = {stage: i for i, stage in enumerate(("compress", "accelerate", "finetune", "evaluate"))}
+    order = {stage: i for i, stage in enumerate(("compress", "accelerate", "finetune", "deploy", "evaluate"))}
     ours = sorted(ours, key=lambda info: (min((order.get(s, 9) for s in info.stages), default=9), info.name))
     if not with_strategies:
         return ours
@@ -329,7 +329,7 @@ def generate_recipes(repo: Path = REPO) -> str:
     from torchslim import recipe as recipe_module
 
     plugins, strategies = documented_plugins(repo, with_strategies=True)
-    methods = [p for p in plugins if _stage_of(p) in ("compress", "accelerate", "finetune")]
+    methods = [p for p in plugins if _stage_of(p) in ("compress", "accelerate", "finetune", "deploy")]
     evaluators = [p for p in plugins if _stage_of(p) == "evaluate"]
 
     out = [GENERATED.format(source="core/recipe.py and the installed plugins' Options models"),

@@ -1,4 +1,4 @@
-"""The ``torchslim`` command line: plugins, strategies, check, run, export, demo.
+"""The ``torchslim`` command line: plugins, strategies, check, run, export, deploy, demo.
 
 :mod:`.parser` builds the arguments, :mod:`.loading` turns them into objects, :mod:`.commands` runs them.
 """

@@ -10,6 +10,7 @@ from typing import Callable
 from .. import distributed
 from ..demo import run_demo, search_recipe
 from ..engine import Engine
+from ..engine.deployment import compare_runtimes
 from ..export import export_onnx, export_torchscript
 from ..io import load, save
 from ..recipe import Recipe
@@ -134,8 +135,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    engine, recipe = _engine_and_recipe(args)
+    steps = [step for step in recipe.steps if step.stage != "deploy"]  # every runtime is tried instead
+    recipe = recipe.model_copy(update={"steps": steps})
+    model = build_model(args)
+    data = data_kwargs(args.data)
+    if args.input_shape or not data.get("example_inputs"):
+        if args.input_shape or not (data.get("eval_data") or data.get("train_data")):
+            data["example_inputs"] = example_inputs_of(args, data)
+    result = engine.run(model, recipe, seed=args.seed, **data)
+    names = [name.strip() for name in args.runtimes.split(",")] if args.runtimes else None
+    precisions = [name.strip() for name in args.precisions.split(",")] if args.precisions else None
+    rows = compare_runtimes(engine, result, runtimes=names, precisions=precisions,
+                            **{k: v for k, v in data.items() if k != "example_inputs"},
+                            example_inputs=data.get("example_inputs"))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        shown = [{key: ("yes" if value is True else "no" if value is False else value) for key, value in row.items()}
+                 for row in rows]
+        print(rows_table(shown))
+    deployed = [row for row in rows[1:] if row["status"] == "ok"]
+    return 0 if any(row["meets"] for row in deployed) else EXIT_CONSTRAINTS
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "plugins": cmd_plugins, "strategies": cmd_strategies, "run": cmd_run, "check": cmd_check,
-    "export": cmd_export,
+    "export": cmd_export, "deploy": cmd_deploy,
     "demo": cmd_demo,
 }

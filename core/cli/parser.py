@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_check(sub)
     _add_export(sub)
+    _add_deploy(sub)
     _add_demo(sub)
     return parser
 
@@ -92,6 +93,28 @@ def _add_export(sub: Any) -> None:
     export.add_argument("--data", metavar="MODULE:FACTORY",
                         help="take the example input from the first eval batch of this data factory instead")
     export.add_argument("--no-check", action="store_true", help="skip comparing exported outputs with PyTorch")
+
+
+def _add_deploy(sub: Any) -> None:
+    deploy = sub.add_parser("deploy", help="deploy the recipe's model in every installed runtime and compare them",
+                            description="Run the recipe's steps (a deploy step is left for last and replaced by "
+                                        "the comparison), then deploy the model in each installed runtime "
+                                        "and precision and print latency, artifact size and accuracy of each, "
+                                        "measured on the artifact, marking those that meet the recipe's "
+                                        "constraints; runtimes that cannot run here are listed with the reason. "
+                                        "Exit code 3 when no runtime meets the constraints.")
+    deploy.add_argument("recipe", nargs="?", help="recipe file (.yaml/.yml/.json)")
+    deploy.add_argument("--strategy", help="use a registered strategy instead of a recipe file")
+    deploy.add_argument("--model", required=True, metavar="MODULE:FACTORY", help="callable returning the model")
+    deploy.add_argument("--weights", metavar="FILE", help="optional .safetensors state dict for the model")
+    deploy.add_argument("--data", metavar="MODULE:FACTORY",
+                        help="data factory, as for run (accuracy, and int8 calibration on train_data)")
+    deploy.add_argument("--input-shape", metavar="SHAPE", help="example input shape when there is no --data")
+    deploy.add_argument("--runtimes", metavar="NAMES", help="comma-separated runtimes (default: every installed one)")
+    deploy.add_argument("--precisions", metavar="NAMES", help="comma-separated precisions, e.g. fp32,int8 "
+                                                              "(default: every one a runtime offers)")
+    deploy.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    deploy.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _add_demo(sub: Any) -> None:

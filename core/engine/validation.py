@@ -45,6 +45,7 @@ def validate_recipe(registry: PluginRegistry, recipe: Recipe) -> Recipe:
                 )
     if recipe.search is not None:
         problems += _resolve_search_target(registry, recipe)
+        problems += _check_search_runtime(registry, recipe)
     if problems:
         raise RecipeError("invalid recipe:\n  " + "\n  ".join(problems))
     return recipe
@@ -66,6 +67,21 @@ def _resolve_search_target(registry: PluginRegistry, recipe: Recipe) -> list[str
         return [f"search.target: {metric!r} is higher-is-better; a target is a cost to cut, i.e. a lower-is-better "
                 f"metric (put a floor on {metric!r} under constraints.max_drop instead)"]
     recipe.search.target = {metric: ratio}
+    return []
+
+
+def _check_search_runtime(registry: PluginRegistry, recipe: Recipe) -> list[str]:
+    """``search.runtime`` names an installed deploy method and its options fit it."""
+    if recipe.search.runtime is None:
+        return []
+    step = Step(stage="deploy", method=recipe.search.runtime, options=dict(recipe.search.runtime_options))
+    try:
+        options = validate_options(registry, step, "search.runtime")
+    except (RecipeError, PluginError) as exc:
+        text = str(exc)
+        return [text if text.startswith("search.runtime") else f"search.runtime: {text}"]
+    recipe.search.runtime_options = (options.model_dump(exclude_unset=True) if isinstance(options, BaseModel)
+                                     else dict(options))
     return []
 
 

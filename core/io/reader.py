@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import torch
-
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
@@ -83,7 +82,26 @@ def read_manifest(directory: Path) -> Manifest:
     return read(directory)
 
 
-def load(directory: str | os.PathLike, base_model: nn.Module, *, registry: PluginRegistry | None = None) -> nn.Module:
+def _artifact(directory: Path, manifest: Manifest, registry: PluginRegistry | None) -> nn.Module | None:
+    """The deployed model saved in ``directory`` (a root module of a kind carrying files), else None."""
+    root = next((rec for rec in manifest.modules if rec.path == ""), None)
+    if root is None:
+        return None
+    cls = _known_kinds(manifest, registry)[root.kind]
+    rebuild = getattr(cls, "from_torchslim_artifact", None)
+    if not callable(rebuild):
+        return None
+    try:
+        return rebuild(root.spec or {}, directory)
+    except TorchslimError:
+        raise
+    except Exception as exc:
+        raise SaveLoadError(f"the {root.kind} artifact in {directory} cannot be loaded: "
+                            f"{type(exc).__name__}: {exc}") from exc
+
+
+def load(directory: str | os.PathLike, base_model: nn.Module | None = None, *,
+         registry: PluginRegistry | None = None) -> nn.Module:
     """Rebuild the model saved in ``directory`` on a copy of ``base_model``; ``base_model`` is not changed.
 
     ``base_model`` is the model as built before compression (same class and constructor arguments;
@@ -91,16 +109,28 @@ def load(directory: str | os.PathLike, base_model: nn.Module, *, registry: Plugi
     module kinds are rebuilt, changed standard layers re-created, masks re-registered and the
     weights loaded strictly. ``registry`` supplies plugin module kinds (default: the installed
     plugins, discovered once). Raises :class:`SaveLoadError` naming the file, module or key at fault.
-    Nothing is unpickled.
+    Nothing is unpickled. A deployed model (a ``deploy`` step's runtime artifact) needs no base model:
+    its files are verified and the runtime module is rebuilt from them.
     """
+    directory = Path(directory)
+    if base_model is None:
+        manifest = read_manifest(directory)
+        verify_files(directory, manifest)
+        artifact = _artifact(directory, manifest, registry)
+        if artifact is not None:
+            return artifact
+        raise SaveLoadError(f"{directory} holds a {manifest.model_class} model, which is rebuilt on a base model: "
+                            f"pass base_model= built as before compression")
     if not isinstance(base_model, nn.Module):
         raise SaveLoadError(f"base_model must be an nn.Module built as before compression, got "
                             f"{type(base_model).__name__}")
-    directory = Path(directory)
     manifest = read_manifest(directory)
     if WEIGHTS_FILE not in manifest.files:
         raise SaveLoadError(f"{directory / MANIFEST_FILE} does not list {WEIGHTS_FILE}")
     verify_files(directory, manifest)
+    artifact = _artifact(directory, manifest, registry)
+    if artifact is not None:  # a deployed model holds its weights in its artifact: the base model is not used
+        return artifact
     kinds = _known_kinds(manifest, registry)
     try:
         stored = load_file(str(directory / WEIGHTS_FILE))

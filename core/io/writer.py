@@ -17,7 +17,17 @@ from ..registry import module_kind_name
 from ..version import __version__
 from .atomic import atomic_directory, fsync_file
 from .encoding import encode_state, stored_tensors
-from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_FILE, WEIGHTS_FILE, FileEntry, Manifest, file_sha256, jsonable, render
+from .manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    FileEntry,
+    Manifest,
+    file_sha256,
+    jsonable,
+    render,
+)
 from .structure import record_parameters, record_structure
 
 
@@ -55,6 +65,7 @@ def _write_into(directory: Path, model: nn.Module, recipe: Any, metrics: Any, *,
         modules=modules, layers=layers, parameters=parameters, masks=mask_records, tensors=entries,
         files={WEIGHTS_FILE: FileEntry(bytes=weights.stat().st_size, sha256=file_sha256(weights))},
     )
+    manifest.files.update(_write_artifact(directory, model, durable))
     path = directory / MANIFEST_FILE
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(render(manifest))
@@ -63,10 +74,29 @@ def _write_into(directory: Path, model: nn.Module, recipe: Any, metrics: Any, *,
             os.fsync(handle.fileno())
 
 
+def _write_artifact(directory: Path, model: nn.Module, durable: bool) -> dict[str, FileEntry]:
+    """Write a runtime artifact's files (a deployed model, see :mod:`torchslim.runtime`); their entries."""
+    artifact = getattr(model, "torchslim_artifact", None)
+    if not callable(artifact):
+        return {}
+    entries = {}
+    for name, data in artifact().items():
+        if Path(name).name != name or name in (MANIFEST_FILE, WEIGHTS_FILE, "", ".", ".."):
+            raise SaveLoadError(f"{type(model).__name__} names an artifact file {name!r}; use a plain file name "
+                                f"other than {MANIFEST_FILE} and {WEIGHTS_FILE}")
+        path = directory / name
+        path.write_bytes(data)
+        if durable:
+            fsync_file(path)
+        entries[name] = FileEntry(bytes=path.stat().st_size, sha256=file_sha256(path))
+    return entries
+
+
 def save(result_or_model: Any, directory: str | os.PathLike, *, recipe: Any = None, metrics: Any = None) -> Path:
     """Save a compressed model (or a :class:`~torchslim.RunResult`) into ``directory``; returns its path.
 
-    Writes ``model.safetensors`` and ``manifest.json``. From a RunResult the model, recipe and metrics
+    Writes ``model.safetensors`` and ``manifest.json``, plus a deployed model's artifact files (an ONNX
+    file, a TorchScript archive, ...; see :mod:`torchslim.runtime`). From a RunResult the model, recipe and metrics
     are taken (``recipe``/``metrics`` given here win). The write is atomic: files go to a temporary
     sibling directory, are fsynced, and replace ``directory`` in one rename, so a crash leaves the
     previous contents intact. ``directory`` must be new, empty, or an earlier torchslim save.
@@ -88,7 +118,7 @@ def save(result_or_model: Any, directory: str | os.PathLike, *, recipe: Any = No
 
 
 def saved_size_bytes(model: Any) -> int:
-    """Bytes :func:`save` writes for ``model`` (weights plus manifest), measured in a temporary directory."""
+    """Bytes :func:`save` writes for ``model`` (weights, manifest, a deployed model's artifact), measured in a temporary directory."""
     model, recipe, metrics = _unpack(model, None, None)
     with tempfile.TemporaryDirectory(prefix="torchslim-size-") as scratch:
         _write_into(Path(scratch), model, recipe, metrics, durable=False)

@@ -27,14 +27,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..batches import float_tensors, split_batch
+from ..cache_dir import default_cache_dir
 from ..constraints import check_constraints
 from ..errors import RecipeError
 from ..recipe import Search, Step, Targets
 from ..results import StepRecord, StepResult
+from ..runtime import deploy
 from ..surgery import fingerprint, private_copy
 from ..targets import WEIGHT_LAYERS, select_modules
 from .allocation import allocate
-from ..cache_dir import default_cache_dir
 from .cache import CACHE_VERSION, SensitivityCache
 from .knobs import Knob, default_grid, exact_glob, strength_knob
 from .plots import write_plots
@@ -84,8 +85,14 @@ class Searcher:
         return max(0.0, worse)
 
     def cost(self, model: nn.Module) -> float:
-        """The target metric of ``model``, from the evaluator that returns it (any lower-is-better metric)."""
+        """The target metric of ``model``, from the evaluator that returns it (any lower-is-better metric).
+
+        With ``search.runtime`` the metric is measured on ``model`` deployed in that runtime.
+        """
         producer = self.registry.producer(self.target_metric)
+        if self.search.runtime is not None:  # the cost where the model will run, not in eager PyTorch
+            model = deploy(model, self.context.example_inputs, self.search.runtime, registry=self.registry,
+                           train_data=self.context.train_data, seed=self.context.seed, **self.search.runtime_options)
         model.eval()
         with torch.no_grad():
             metrics = self.registry.evaluate([producer], model, self.context)

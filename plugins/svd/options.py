@@ -70,6 +70,10 @@ class SVDOptions(BaseModel):
         description="reuse this machine's layer timings (latency.json in the cache folder, keyed by CPU, torch "
                     "version, threads, layer shapes and input shape): measured once, so later runs take the same "
                     "keep-or-revert decisions on a quiet or a busy machine; false measures afresh every run")
+    runtime: str | None = Field(
+        None,
+        description="with measure_latency, time each layer and its factors in this deploy method's runtime "
+                    "(e.g. onnxruntime, torchscript), where the model will run, instead of eager PyTorch")
     spread_by: Literal["macs", "latency"] = Field(
         "macs",
         description="with mac_ratio, what a cut is weighed against: normalized energy lost per MAC saved "

@@ -62,7 +62,7 @@ def decompose(model: nn.Module, example_inputs: Any, options: "SVDOptions | dict
     spectrum_seconds = time.perf_counter() - spectrum_start
 
     table = LatencyTable() if opts.measure_latency and opts.latency_table else None
-    trial = Trials(Activations(model, example_inputs), table=table)
+    trial = Trials(Activations(model, example_inputs), table=table, runtime=opts.runtime)
     info: dict[str, Any] = {}
     needed = 0.0
     if opts.rank_rule == "mac_ratio":

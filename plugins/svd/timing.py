@@ -12,10 +12,11 @@ from torch import nn
 from torchslim.batches import as_inputs, call_model
 from torchslim.latency_table import LatencyTable
 from torchslim.measure import eval_mode, mha_fastpath_disabled
+from torchslim.runtime import deploy
 
 from .layer import Layer, trial_key
-from .spectra import factorize
 from .options import SVDOptions
+from .spectra import factorize
 
 
 class Activations:
@@ -72,12 +73,22 @@ class Trials:
     floors: dict[tuple[str, str], int] = field(default_factory=dict)
     time_models: dict[tuple[str, str], tuple[float, float, float]] = field(default_factory=dict)
     table: LatencyTable | None = None
+    runtime: str | None = None
 
     def time_pair(self, before: nn.Module, after: nn.Module, x: torch.Tensor, runs: int) -> tuple[float, float]:
-        """``(before_ms, after_ms)`` from this machine's latency table when it has them, else measured."""
+        """``(before_ms, after_ms)`` from this machine's latency table when it has them, else measured.
+
+        With a ``runtime`` both modules are deployed there first (see :func:`torchslim.runtime.deploy`),
+        so the times are those of the runtime the model will ship to.
+        """
+        def measure() -> tuple[float, float]:
+            if self.runtime is None:
+                return time_pair(before, after, x, runs)
+            return time_pair(deploy(before, (x,), self.runtime), deploy(after, (x,), self.runtime), x, runs)
+
         if self.table is None:
-            return time_pair(before, after, x, runs)
-        return self.table.pair(before, after, x, lambda: time_pair(before, after, x, runs))
+            return measure()
+        return self.table.pair(before, after, x, measure, runtime=self.runtime)
 
 
 LATENCY_ROUNDS = 8
