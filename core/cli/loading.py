@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..batches import split_batch
+from ..batches import as_inputs, split_batch
 from ..errors import TorchslimError
 
 
@@ -72,7 +72,7 @@ def build_model(args: argparse.Namespace):
     return model
 
 
-def example_inputs_of(args: argparse.Namespace, data: dict[str, Any] | None = None) -> tuple:
+def example_inputs_of(args: argparse.Namespace, data: dict[str, Any] | None = None) -> tuple | dict:
     if args.input_shape:
         try:
             shape = [int(part) for part in args.input_shape.lower().replace(",", "x").split("x")]
@@ -83,9 +83,8 @@ def example_inputs_of(args: argparse.Namespace, data: dict[str, Any] | None = No
         data = data_kwargs(args.data)
     if data:
         if data.get("example_inputs") is not None:
-            inputs = data["example_inputs"]
-            return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+            return as_inputs(data["example_inputs"])
         loader = data.get("eval_data") or data.get("train_data")
         inputs, _ = split_batch(next(iter(loader)))
-        return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+        return as_inputs(inputs)  # a dict of keyword inputs stays a dict
     raise UsageError(f"{args.command} needs an example input: give --input-shape 1x3x224x224 or --data MODULE:FACTORY")
