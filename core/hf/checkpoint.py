@@ -25,6 +25,7 @@ from torch import nn
 
 from .. import masks
 from ..errors import ModelError, SaveLoadError
+from ..surgery import private_copy
 from .blocks import find_blocks, sync_attributes
 
 log = logging.getLogger("torchslim")
@@ -82,7 +83,7 @@ def save_pretrained(model_or_result: Any, directory: str | os.PathLike, *, requi
     raises :class:`ModelError`, before writing, when the config cannot describe the model. Extra
     keyword arguments go to the model's own ``save_pretrained``.
     """
-    model = copy.deepcopy(_unwrap(model_or_result))
+    model = private_copy(_unwrap(model_or_result))  # finalizing must not reach the caller's classes
     masks.finalize(model)
     reasons = mismatches(model)
     if reasons and require_plain:
