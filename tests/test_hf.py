@@ -4,8 +4,10 @@ through ``from_pretrained``."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,7 @@ from torchslim.export import export_onnx
 T = pytest.importorskip("transformers")
 
 VOCAB, HIDDEN = 100, 32
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def bert_cls():
@@ -185,3 +188,23 @@ def test_cli_runs_a_local_hf_directory(tmp_path):
                               f"hf:{tmp_path / 'nowhere'}", "--out", str(tmp_path / "o2")],
                              capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "not a local directory with a config.json" in missing.stderr
+
+
+def test_svd_on_vit_leaves_the_patch_conv_its_model_reads():
+    model, inputs, _ = family("vit")
+    result = torchslim.Engine().run(
+        model, {"steps": [{"accelerate": {"method": "svd", "mac_ratio": 0.7, "measure_latency": False}}]},
+        example_inputs=inputs)
+    reason = dict(result.steps[0].skipped)["vit.embeddings.patch_embeddings.projection"]
+    assert "ViTModel.forward reads embeddings.patch_embeddings.projection.weight" in reason
+
+
+@pytest.mark.slow
+def test_bench_quick_runs(tmp_path):
+    out = tmp_path / "hf.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "hf.py"), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["family"] for r in rows} >= {"BERT", "GPT-2", "ViT", "Llama (GQA)"}
+    assert all(r["status"] == "ran" and r["identical"] for r in rows), [r for r in rows if not r.get("identical")]
