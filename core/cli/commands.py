@@ -75,7 +75,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     engine, recipe = _engine_and_recipe(args)
     model = build_model(args)
     data = data_kwargs(args.data)
-    inputs = example_inputs_of(args, data)
+    hf_inputs = args.model.startswith("hf:") and not (data or args.input_shape)
+    inputs = (hf_example_inputs(model) if hf_inputs else None) or example_inputs_of(args, data)
     kwargs = {k: v for k, v in data.items() if k in ("train_data", "eval_data")}
     report = engine.check(model, recipe, inputs, **kwargs)
     print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report.table())
