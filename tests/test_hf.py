@@ -208,3 +208,13 @@ def test_bench_quick_runs(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert {r["family"] for r in rows} >= {"BERT", "GPT-2", "ViT", "Llama (GQA)"}
     assert all(r["status"] == "ran" and r["identical"] for r in rows), [r for r in rows if not r.get("identical")]
+
+
+def test_svd_lists_multihead_attention_in_proj_as_skipped():
+    torch.manual_seed(0)
+    model = torch.nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True)
+    result = torchslim.Engine().run(
+        model, {"steps": [{"accelerate": {"method": "svd", "rank_ratio": 0.5, "measure_latency": False}}]},
+        example_inputs=(torch.randn(2, 8, 32),))
+    skipped = dict(result.steps[0].skipped)
+    assert "packed q/k/v in_proj_weight" in skipped["self_attn.in_proj_weight"]
