@@ -218,3 +218,22 @@ def test_svd_lists_multihead_attention_in_proj_as_skipped():
         example_inputs=(torch.randn(2, 8, 32),))
     skipped = dict(result.steps[0].skipped)
     assert "packed q/k/v in_proj_weight" in skipped["self_attn.in_proj_weight"]
+
+
+def test_mac_ratio_and_per_block_widths_through_the_torchslim_loader(tmp_path):
+    model, inputs, auto = family("llama")
+    budget = torchslim.Engine().run(
+        model, {"steps": [{"accelerate": {"method": "channel", "mac_ratio": 0.8, "head_ratio": 0.0}}],
+                "evaluate": ["macs"]}, example_inputs=inputs)
+    assert budget.final["macs"] <= 0.8 * budget.baseline["macs"]
+    assert budget.model.config.intermediate_size < 64
+    per_block = torchslim.Engine().run(
+        model, {"steps": [{"accelerate": {"method": "channel", "ratio": 0.0,
+                                          "overrides": {"model.layers.0": 0.5}}}]}, example_inputs=inputs)
+    widths = [layer.mlp.up_proj.out_features for layer in per_block.model.model.layers]
+    assert widths == [32, 64]
+    saved = torchslim.hf.save_pretrained(per_block, tmp_path)
+    assert not saved.plain  # one intermediate_size per config cannot say two widths
+    with pytest.raises(torchslim.ModelError, match="the config cannot describe this model"):
+        torchslim.hf.save_pretrained(per_block, tmp_path / "strict", require_plain=True)
+    assert torch.equal(run(torchslim.hf.from_pretrained(tmp_path), inputs), run(per_block.model, inputs))
