@@ -15,7 +15,7 @@ methods live in ``torchslim.plugins`` and reach the engine only through the regi
 
 from __future__ import annotations
 
-from . import _aliases, masks, runtime
+from . import _aliases, hf, masks, runtime
 from .context import RunContext
 from .engine import Engine
 from .errors import (
@@ -42,5 +42,5 @@ __all__ = [
     "Constraints", "DataError", "ExportError", "Engine", "Evaluation", "ModelError", "PluginError", "PluginRegistry",
     "Recipe", "RecipeError", "RunContext", "RunResult", "SaveLoadError", "Step", "StepError",
     "StepRecord", "StepResult", "Targets", "TorchslimError", "hookimpl", "hookspec", "load", "save",
-    "masks", "runtime", "select_modules", "__version__",
+    "hf", "masks", "runtime", "select_modules", "__version__",
 ]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from collections.abc import Mapping
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
 from .batches import call_model, first_tensor, iterate, split_batch, to_device
+from .datacheck import scored_output
 from .errors import DataError
 
 LossFn = Callable[[Any, Any], torch.Tensor]
@@ -31,6 +31,8 @@ class RunContext:
             copy in memory): plugins must not change it.
         loss_fn: ``loss_fn(output, target) -> scalar``; cross-entropy when the user gave none.
         metric_fn: the user's ``metric_fn(model, eval_data) -> float``, replacing top-1 accuracy.
+        output_fn: the user's ``output_fn(model_output) -> tensor`` choosing what is scored (logits);
+            without it the recipe's ``evaluation.output`` names it (see :meth:`scored`).
         device: where the model runs.
         seed: the run's seed; plugins seed their own randomness from it.
         recipe: the validated recipe being run.
@@ -47,6 +49,7 @@ class RunContext:
     _original: nn.Module | None = field(default=None, repr=False)
     loss_fn: LossFn | None = None
     metric_fn: MetricFn | None = None
+    output_fn: Callable[[Any], torch.Tensor] | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     recipe: Any = None
@@ -78,13 +81,17 @@ class RunContext:
     def original_model(self, model: nn.Module | None) -> None:
         self._original = model
 
+    def scored(self, output: Any, where: str = "a batch") -> torch.Tensor:
+        """The tensor of ``output`` that metrics and the default loss read: ``output_fn``, else the recipe's
+        ``evaluation.output`` name, else the tensor, its ``logits``, or a tuple's first item."""
+        name = getattr(self.evaluation, "output", None) if self.evaluation is not None else None
+        return scored_output(output, where, name, self.output_fn)
+
     def loss(self, output: Any, target: Any) -> torch.Tensor:
-        """The task loss: the user's ``loss_fn`` or cross-entropy on logits."""
+        """The task loss: the user's ``loss_fn`` (on the raw output) or cross-entropy on :meth:`scored`."""
         if self.loss_fn is not None:
             return self.loss_fn(output, target)
-        if isinstance(output, Mapping) and "logits" in output:
-            output = output["logits"]
-        return nn.functional.cross_entropy(output, target)
+        return nn.functional.cross_entropy(self.scored(output), target)
 
     def calibration_batches(self, count: int = 8) -> Iterator[Any]:
         """Up to ``count`` input batches (targets dropped) for calibration, on ``self.device``.

@@ -7,7 +7,8 @@ a silently wrong metric.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Callable
 
 import torch
 
@@ -17,19 +18,51 @@ from .errors import DataError
 IGNORE_INDEX = -100
 
 
-def logits_of(output: Any, where: str) -> torch.Tensor:
-    """The logits tensor of a model output: the tensor itself, ``output["logits"]`` or ``output.logits``."""
+def scored_output(output: Any, where: str, name: str | None = None,
+                  fn: Callable[[Any], Any] | None = None) -> torch.Tensor:
+    """The tensor of a model output that metrics and the default loss read.
+
+    ``fn`` (``Engine.run(output_fn=...)``) wins; else ``name`` (the recipe's ``evaluation.output``, such as
+    ``"logits"`` or ``"last_hidden_state"``) is looked up as a key (dicts, ``ModelOutput``) or an
+    attribute; else the output itself when it is a tensor, its ``"logits"`` entry or ``.logits``, or,
+    for a tuple or list, its first item.
+    """
+    if fn is not None:
+        value = fn(output)
+        if not isinstance(value, torch.Tensor):
+            raise DataError(f"{where}: output_fn returned {type(value).__name__}; it must return a tensor")
+        return value
+    if name is not None:
+        if isinstance(output, Mapping) and name in output:
+            value = output[name]
+        elif not isinstance(output, (Mapping, torch.Tensor)) and hasattr(output, name):
+            value = getattr(output, name)
+        else:
+            keys = list(output.keys()) if isinstance(output, Mapping) else type(output).__name__
+            raise DataError(f"{where}: evaluation.output={name!r} is not in the model's output (it has {keys}); "
+                            f"set evaluation.output to one of them, or pass output_fn=... to Engine.run")
+        if not isinstance(value, torch.Tensor):
+            raise DataError(f"{where}: evaluation.output={name!r} is {type(value).__name__}, not a tensor")
+        return value
     if isinstance(output, torch.Tensor):
         return output
-    if isinstance(output, dict) and isinstance(output.get("logits"), torch.Tensor):
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), torch.Tensor):
         return output["logits"]
     if isinstance(getattr(output, "logits", None), torch.Tensor):
         return output.logits
+    if isinstance(output, (tuple, list)) and output:
+        return scored_output(output[0], where)
     raise DataError(
         f"{where}: the model returned {type(output).__name__}; classification needs a logits tensor "
-        f"(N, classes), a dict with 'logits', or an object with .logits; pass metric_fn=/loss_fn= for "
-        f"other outputs"
+        f"(N, classes), a dict with 'logits', an object with .logits, or a tuple whose first item is one; "
+        f"set evaluation.output (e.g. 'last_hidden_state') or pass output_fn=/metric_fn=/loss_fn= for other outputs"
     )
+
+
+def logits_of(output: Any, where: str) -> torch.Tensor:
+    """The logits tensor of a model output: the tensor itself, ``output["logits"]``, ``output.logits``, or
+    the first item of a tuple (see :func:`scored_output`)."""
+    return scored_output(output, where)
 
 
 def check_classification_batch(output: torch.Tensor, target: Any, where: str, *, allow_soft: bool = False) -> None:

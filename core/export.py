@@ -20,18 +20,22 @@ import torch
 from torch import nn
 
 from . import masks
+from .batches import as_inputs, call_model, tensors_in
 from .errors import ExportError
-from .batches import tensors_in
 from .io.atomic import replace_file_atomically
 from .surgery import own_parametrized_classes
 
 __all__ = ["ExportError", "export_onnx", "export_torchscript"]
 
 
-def _inputs(example_inputs: Any) -> tuple:
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs)
-    return (example_inputs,)
+def _inputs(example_inputs: Any) -> tuple | dict:
+    """Positional inputs as a tuple, keyword inputs (a dict, a ``BatchEncoding``) as a dict."""
+    return as_inputs(example_inputs)
+
+
+def _args(inputs: tuple | dict) -> tuple[tuple, dict]:
+    """``(args, kwargs)`` for the exporters: keyword inputs go by name."""
+    return ((), dict(inputs)) if isinstance(inputs, dict) else (inputs, {})
 
 
 def _prepare(model: nn.Module) -> nn.Module:
@@ -70,17 +74,23 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
                 opset: int | None = None, rtol: float = 1e-4, atol: float = 1e-5) -> Path:
     """Export ``model`` to an ONNX file at ``path``; with ``check``, verify it with ONNX Runtime.
 
-    ``example_inputs`` is a tensor or a tuple of the model's positional inputs (shapes are fixed to
-    these). With ``check`` the file is validated by ``onnx.checker`` and run on ONNX Runtime's CPU
+    ``example_inputs`` is a tensor, a tuple of the model's positional inputs, or a dict of keyword
+    inputs such as a tokenizer's ``BatchEncoding`` (ONNX inputs then take the keywords' names; shapes
+    are fixed to these). With ``check`` the file is validated by ``onnx.checker`` and run on ONNX Runtime's CPU
     provider, and every output must match PyTorch's within ``atol + rtol * |expected|``, else an
     :class:`ExportError` gives the largest difference. Returns the path written.
     """
     onnx, onnxruntime = _require_onnx()
     prepared, inputs = _prepare(model), _inputs(example_inputs)
     with torch.no_grad():
-        expected = [t.detach().cpu() for t in tensors_in(prepared(*inputs))]
-    tensor_inputs = [t for t in inputs if isinstance(t, torch.Tensor)]
-    input_names = [f"input{i}" for i in range(len(tensor_inputs))]
+        expected = [t.detach().cpu() for t in tensors_in(call_model(prepared, inputs))]
+    args, kwargs = _args(inputs)
+    if kwargs:  # ONNX inputs named as the forward's keywords, in the order given
+        named = [(k, v) for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+        input_names, tensor_inputs = [k for k, _ in named], [v for _, v in named]
+    else:
+        tensor_inputs = [t for t in inputs if isinstance(t, torch.Tensor)]
+        input_names = [f"input{i}" for i in range(len(tensor_inputs))]
     output_names = [f"output{i}" for i in range(len(expected))]
 
     def write(target: Path) -> None:
@@ -90,7 +100,7 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
             try:
-                torch.onnx.export(prepared, inputs, str(target), input_names=input_names,
+                torch.onnx.export(prepared, args, str(target), kwargs=kwargs or None, input_names=input_names,
                                   output_names=output_names, opset_version=opset, dynamo=False)
             except Exception as exc:
                 raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: "
@@ -102,8 +112,8 @@ def export_onnx(model: nn.Module, example_inputs: Any, path: str | os.PathLike, 
         except Exception as exc:
             raise ExportError(f"the exported ONNX model is invalid: {exc}") from exc
         session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
-        feeds = {spec.name: tensor.detach().cpu().numpy()
-                 for spec, tensor in zip(session.get_inputs(), tensor_inputs)}
+        given = dict(zip(input_names, tensor_inputs))
+        feeds = {spec.name: given[spec.name].detach().cpu().numpy() for spec in session.get_inputs()}
         got = [torch.from_numpy(array) for array in session.run(None, feeds)]
         _compare(got, expected, rtol, atol, "ONNX Runtime")
 
@@ -131,15 +141,17 @@ def export_torchscript(model: nn.Module, example_inputs: Any, path: str | os.Pat
             warnings.simplefilter("ignore", DeprecationWarning)
             warnings.simplefilter("ignore", FutureWarning)
             try:
-                traced = torch.jit.trace(prepared, inputs)
+                args, kwargs = _args(inputs)
+                traced = (torch.jit.trace(prepared, example_kwarg_inputs=kwargs, strict=False) if kwargs
+                          else torch.jit.trace(prepared, inputs))
             except Exception as exc:
                 raise ExportError(f"torch.jit.trace failed for {type(model).__name__}: "
                                   f"{type(exc).__name__}: {exc}") from exc
             if freeze:
                 traced = torch.jit.freeze(traced)
             if check:
-                expected = [t.detach().cpu() for t in tensors_in(prepared(*inputs))]
-                got = [t.detach().cpu() for t in tensors_in(traced(*inputs))]
+                expected = [t.detach().cpu() for t in tensors_in(call_model(prepared, inputs))]
+                got = [t.detach().cpu() for t in tensors_in(call_model(traced, inputs))]
                 _compare(got, expected, rtol, atol, "the frozen TorchScript module" if freeze
                          else "the traced TorchScript module")
             traced.save(str(target))

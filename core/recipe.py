@@ -121,6 +121,11 @@ class Evaluation(StrictModel):
     latency_warmup: int = Field(3, ge=0, description="untimed runs before timing")
     threads: int | None = Field(None, ge=1, description="torch threads while timing (default: current)")
     max_eval_batches: int | None = Field(None, ge=1, description="cap on eval batches (default: all)")
+    output: str | None = Field(
+        None, min_length=1,
+        description="which model output accuracy and the default loss read: a key or attribute such as "
+                    "'logits' or 'last_hidden_state' (dicts, transformers ModelOutput); default: the tensor, "
+                    "its 'logits', or a tuple's first item. Engine.run(output_fn=...) takes a callable instead")
 
 
 

@@ -103,13 +103,14 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 def task_loss(output: Any, target: Any, context: Any, where: str, label_smoothing: float = 0.0) -> torch.Tensor:
     """The task loss of ``output``: the user's ``loss_fn(output, target)``, else checked cross-entropy.
 
-    The default cross-entropy reads the logits (a tensor, a dict's ``"logits"`` or ``.logits``),
+    The default cross-entropy reads the logits (``context.scored``: ``output_fn``, ``evaluation.output``,
+    else a tensor, a dict's ``"logits"``, ``.logits`` or a tuple's first item),
     checks the batch (labels in range, or soft labels of the logits' shape) and applies
     ``label_smoothing``.
     """
     if context.loss_fn is not None:
         return context.loss(output, to_device(target, context.device))
-    logits = logits_of(output, where)
+    logits = context.scored(output, where) if hasattr(context, "scored") else logits_of(output, where)
     check_classification_batch(logits, target, where, allow_soft=True)
     target = to_device(target, logits.device)
     if not target.is_floating_point():

@@ -14,7 +14,7 @@ from torch import nn
 
 import torchslim
 from torchslim import distributed
-from torchslim.batches import batch_size, iterate, split_batch, to_device
+from torchslim.batches import as_inputs, batch_size, has_inputs, iterate, split_batch, to_device
 from torchslim.datacheck import IGNORE_INDEX, check_classification_batch, logits_of
 from torchslim.measure import count_macs, count_nonzeros, count_params, eval_mode, measure_latency
 from torchslim.recipe import Evaluation
@@ -24,11 +24,12 @@ def _settings(context: Any) -> Evaluation:
     return context.evaluation if context.evaluation is not None else Evaluation()
 
 
-def _example_inputs(context: Any) -> tuple | None:
+def _example_inputs(context: Any) -> tuple | dict | None:
+    """The example inputs as positional (tuple) or keyword (dict, e.g. a ``BatchEncoding``) inputs, or None."""
     inputs = context.example_inputs
-    if inputs is None or (isinstance(inputs, (tuple, list)) and len(inputs) == 0):
+    if not has_inputs(inputs):
         return None
-    return to_device(tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,), context.device)
+    return to_device(as_inputs(inputs), context.device)
 
 
 class Accuracy:
@@ -57,7 +58,8 @@ class Accuracy:
             for index, batch in enumerate(batches, start=1):
                 where = f"eval_data batch {index}" + (f" of rank {distributed.rank()}'s share" if sharded else "")
                 inputs, target = split_batch(batch)
-                logits = logits_of(context.forward(model, inputs, where), where)
+                output = context.forward(model, inputs, where)
+                logits = context.scored(output, where) if hasattr(context, "scored") else logits_of(output, where)
                 check_classification_batch(logits, target, where)
                 target = target.to(logits.device)
                 counted = target != IGNORE_INDEX

@@ -113,16 +113,37 @@ def test_accuracy_data_errors_for_empty_loader_missing_target_and_non_logits():
     with pytest.raises(torchslim.DataError, match="eval_data batch 1 has no target"):
         evaluate("accuracy", MLP(), eval_data=[torch.zeros(2, 64)])
 
-    class Pair(nn.Module):
+    class Named(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.fc = nn.Linear(64, 10)
 
         def forward(self, x):
-            return self.fc(x), x
+            return {"scores": self.fc(x)}
 
-    with pytest.raises(torchslim.DataError, match="the model returned tuple; classification needs a logits tensor"):
-        evaluate("accuracy", Pair(), eval_data=[(torch.zeros(2, 64), torch.zeros(2, dtype=torch.int64))])
+    with pytest.raises(torchslim.DataError, match="the model returned dict; classification needs a logits tensor"):
+        evaluate("accuracy", Named(), eval_data=[(torch.zeros(2, 64), torch.zeros(2, dtype=torch.int64))])
+
+
+def test_accuracy_scores_a_tuples_first_item_or_the_named_output():
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = Constant(1, classes=3)
+
+        def forward(self, x):
+            return self.inner(x), {"other": -self.inner(x)}
+
+    data = [(torch.zeros(4, 8), torch.tensor([1, 1, 0, 2]))]
+    assert evaluate("accuracy", Pair(), eval_data=data)["accuracy"] == 0.5
+    # the same choice by callable: the second item's "other" entry never predicts class 1
+    engine = torchslim.Engine()
+    result = engine.run(Pair(), {"steps": [], "evaluate": ["accuracy"]}, eval_data=data,
+                        output_fn=lambda out: out[1]["other"])
+    assert result.baseline["accuracy"] == 0.25
+    with pytest.raises(torchslim.DataError, match="evaluation.output='logits' is not in the model's output"):
+        engine.run(Pair(), {"steps": [], "evaluate": ["accuracy"], "evaluation": {"output": "logits"}},
+                   eval_data=data)
 
 
 def test_accuracy_reads_logits_from_dict_output():

@@ -16,7 +16,7 @@ from ..io import load, save
 from ..recipe import Recipe
 from ..registry import PluginRegistry
 from ..tables import rows_table
-from .loading import UsageError, build_model, call_factory, data_kwargs, example_inputs_of
+from .loading import UsageError, build_model, call_factory, data_kwargs, example_inputs_of, hf_example_inputs
 
 #: Exit codes: 0 done; 1 a step or evaluation failed while running; 2 bad input (command line, recipe,
 #: data, plugins, saved files), found before any work; 3 the run finished and wrote its outputs, but a
@@ -44,14 +44,20 @@ def cmd_strategies(args: argparse.Namespace) -> int:
 
 
 def write_outputs(result, out: Path) -> list[Path]:
-    """Write ``report.md``, ``report.json`` and the model (``torchslim.save``) into ``out``."""
+    """Write ``report.md``, ``report.json`` and the model (``torchslim.save``) into ``out``; a transformers
+    model also goes to ``out/hf`` (:func:`torchslim.hf.save_pretrained`)."""
     out.mkdir(parents=True, exist_ok=True)
     report_md = out / "report.md"
     report_md.write_text("# torchslim report\n\n" + result.table(tablefmt="github") + "\n")
     report_json = out / "report.json"
     report_json.write_text(result.to_json())
     model_dir = save(result, out / "model")
-    return [report_md, report_json, Path(model_dir)]
+    written = [report_md, report_json, Path(model_dir)]
+    if hasattr(getattr(result.model, "config", None), "to_dict"):  # a transformers model: also its own format
+        from ..hf import save_pretrained
+
+        written.append(save_pretrained(result, out / "hf").directory)
+    return written
 
 
 def _engine_and_recipe(args: argparse.Namespace):
@@ -70,7 +76,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     engine, recipe = _engine_and_recipe(args)
     model = build_model(args)
     data = data_kwargs(args.data)
-    inputs = example_inputs_of(args, data)
+    hf_inputs = args.model.startswith("hf:") and not (data or args.input_shape)
+    inputs = (hf_example_inputs(model) if hf_inputs else None) or example_inputs_of(args, data)
     kwargs = {k: v for k, v in data.items() if k in ("train_data", "eval_data")}
     report = engine.check(model, recipe, inputs, **kwargs)
     print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else report.table())
@@ -81,6 +88,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     engine, recipe = _engine_and_recipe(args)
     model = build_model(args)
     data = data_kwargs(args.data)
+    if args.model.startswith("hf:") and not any(data.get(k) is not None for k in
+                                                  ("example_inputs", "train_data", "eval_data")):
+        data["example_inputs"] = hf_example_inputs(model)
     result = engine.run(model, recipe, seed=args.seed, device=args.device, out_dir=Path(args.out), **data)
     if distributed.is_main():  # under torchrun, rank 0 alone prints and writes
         print(result.table())

@@ -50,7 +50,8 @@ def _add_run(sub: Any) -> None:
     run.add_argument("recipe", nargs="?", help="recipe file (.yaml/.yml/.json)")
     run.add_argument("--strategy", help="run a registered strategy instead of a recipe file")
     run.add_argument("--model", required=True, metavar="MODULE:FACTORY",
-                     help="callable returning the trained nn.Module, e.g. mypkg.models:build")
+                     help="callable returning the trained nn.Module, e.g. mypkg.models:build; or hf:PATH, a "
+                          "local transformers directory (config.json and weights; the hf extra)")
     run.add_argument("--weights", metavar="FILE",
                      help="optional .safetensors state dict loaded into the model (never a pickle)")
     run.add_argument("--data", metavar="MODULE:FACTORY",
@@ -69,7 +70,8 @@ def _add_check(sub: Any) -> None:
                                        "before and after. Exit code 1 when a step cannot run.")
     check.add_argument("recipe", nargs="?", help="recipe file (.yaml/.yml/.json)")
     check.add_argument("--strategy", help="check a registered strategy instead of a recipe file")
-    check.add_argument("--model", required=True, metavar="MODULE:FACTORY", help="callable returning the model")
+    check.add_argument("--model", required=True, metavar="MODULE:FACTORY",
+                       help="callable returning the model, or hf:PATH (a local transformers directory)")
     check.add_argument("--weights", metavar="FILE", help="optional .safetensors state dict for the model")
     check.add_argument("--data", metavar="MODULE:FACTORY", help="data factory, as for run (for calibration)")
     check.add_argument("--input-shape", metavar="SHAPE", help="example input shape, e.g. 1x3x224x224")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -22,9 +22,9 @@ from ..results import RunResult, StepRecord
 from ..search import Searcher
 from ..seeding import seeded_loader
 from ..surgery import fingerprint, model_device, private_copy
-from .original import LentOriginal
 from .gaps import before_step, step_warnings
 from .interface import interface_of
+from .original import LentOriginal
 from .steps import check_interface, run_nested, run_step
 from .validation import check_inputs, check_targets, validate_options, validate_recipe
 
@@ -112,6 +112,7 @@ class Engine:
         example_inputs: Any = None,
         loss_fn: LossFn | None = None,
         metric_fn: MetricFn | None = None,
+        output_fn: Callable[[Any], torch.Tensor] | None = None,
         seed: int = 0,
         device: str | torch.device | None = None,
         out_dir: str | Path | None = None,
@@ -120,7 +121,8 @@ class Engine:
 
         Evaluates the baseline, runs each step and evaluates after it. A plugin that raises stops the
         run with a :class:`StepError` naming the step and plugin, chained to the original exception.
-        With ``out_dir``, the model is checkpointed after every step and a rerun of the same recipe,
+        ``output_fn(output) -> tensor`` picks the scored output of models returning dicts, ``ModelOutput``s
+        or tuples (the recipe's ``evaluation.output`` does the same by name). With ``out_dir``, the model is checkpointed after every step and a rerun of the same recipe,
         seed and model resumes after the last finished step, with the same final result.
         """
         if not isinstance(model, nn.Module):
@@ -138,7 +140,7 @@ class Engine:
         context = RunContext(
             train_data=train_data, eval_data=eval_data,
             example_inputs=example_inputs,
-            original_factory=original.get, loss_fn=loss_fn, metric_fn=metric_fn, device=device, seed=seed,
+            original_factory=original.get, loss_fn=loss_fn, metric_fn=metric_fn, output_fn=output_fn, device=device, seed=seed,
             recipe=recipe, evaluation=recipe.evaluation,
         )
         context.runner = lambda m, raw: run_nested(self.registry, m, raw, context, self._validate_step)

@@ -11,7 +11,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from ..batches import tensors_in
+from ..batches import as_inputs, call_model, tensors_in
 from ..engine import Engine
 from ..engine.interface import first_difference, signature
 from ..errors import RecipeError, StepError, TorchslimError
@@ -151,7 +151,7 @@ def _task_arguments(model: Any, example_inputs: Any, task: Any, run_kwargs: dict
         run_kwargs.pop("example_inputs", None)
     assert model is not None, "give the model to check: model=..., or task=tiny_task()"
     assert example_inputs is not None, "give example_inputs=... (or task=...): the checks run the model on them"
-    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    inputs = as_inputs(example_inputs)
     return model, inputs, run_kwargs
 
 
@@ -175,7 +175,7 @@ def _check_one_run(engine: "Engine", name: str, stage: str, model: Any, recipe: 
 
 
     with torch.no_grad():  # on a copy: even switching the user's model to eval mode is a change
-        reference = copy.deepcopy(model).eval()(*inputs)
+        reference = call_model(copy.deepcopy(model).eval(), inputs)
     with _probing(engine) as probe:
         try:
             result = engine.run(model, recipe, example_inputs=inputs, **run_kwargs)
@@ -300,7 +300,7 @@ def check_evaluator_plugin(
     wrong = {k: v for k, v in declared.items() if v not in _DIRECTIONS}
     assert not wrong, f"evaluator {name!r}: directions must be 'higher' or 'lower', got {wrong}"
 
-    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    inputs = as_inputs(example_inputs)
     before = model_snapshot(model)
     recipe = {"steps": [], "evaluate": [name]}
     metrics = engine.run(model, recipe, example_inputs=inputs, **run_kwargs).baseline
@@ -367,7 +367,7 @@ def _check_outputs(model: "nn.Module", inputs: tuple, reference: Any, name: str)
 
     model.eval()
     with torch.no_grad():
-        output = model(*inputs)
+        output = call_model(model, inputs)
     difference = first_difference(signature(reference), signature(output))
     assert difference is None, (f"{name!r}: the returned model's outputs differ from the input model's "
                                 f"({difference}); methods must keep the model's interface")

@@ -69,6 +69,7 @@ class Outcome:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     groups: int = 0
+    engine: str = "torch-pruning"  # or "transformer-blocks" (heads and MLP widths sliced directly)
 
 
 def make_importance(tp: Any, name: str) -> Any:

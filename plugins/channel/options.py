@@ -24,6 +24,11 @@ class ChannelOptions(BaseModel):
         None, gt=0, le=1,
         description="instead of ratio: the fraction of the model's MACs to keep; the channel ratio that "
                     "reaches it is found by bisection (give ratio or mac_ratio, not both)")
+    head_ratio: float | None = Field(
+        None, ge=0, lt=1,
+        description="transformer blocks (BERT, GPT-2, ViT, Llama-style): fraction of attention heads removed "
+                    "per block (under grouped-query attention, of key/value groups); default: ratio. "
+                    "ratio applies to the MLP width")
     scope: Literal["uniform", "global"] = Field(
         "uniform", description="'uniform': the same ratio in every layer; 'global': rank all channels "
                                "together, so layers lose different fractions")

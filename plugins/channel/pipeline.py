@@ -21,6 +21,7 @@ from .faults import run_pruned
 from .graph import Outcome, prune_model, require_torch_pruning
 from .options import ChannelOptions
 from .report import channels, layer_shapes, report_rows
+from .transformers import prune_blocks, transformer_blocks
 
 #: Bisection steps of the ``mac_ratio`` search (the ratio is found to within 1/2**7 of the range).
 SEARCH_STEPS = 7
@@ -60,17 +61,17 @@ def prune_channels(model: nn.Module, example_inputs: Any, options: ChannelOption
     changed = [r["layer"] for r in rows
                if (r["channels_before"], r["in_channels_before"]) != (r["channels_after"], r["in_channels_after"])]
     for message in outcome.warnings:
-        context.logger.warning("%s: Torch-Pruning: %s", where, message)
+        context.logger.warning("%s: %s", where, message)
     info = {
         "ratio": round(ratio, 4), "scope": opts.scope, "importance": opts.importance,
         "macs_before": macs_before, "macs_after": macs_after,
         "mac_ratio": round(macs_after / macs_before, 4) if macs_before else 1.0,
         "params_before": params_before, "params_after": count_params(pruned),
         "layers_changed": len(changed), "groups_pruned": outcome.groups,
-        "torch_pruning": getattr(tp, "__version__", "?"),
+        "engine": outcome.engine, "torch_pruning": getattr(tp, "__version__", "?"),
     }
     if outcome.warnings:
-        info["torch_pruning_warnings"] = outcome.warnings
+        info["torch_pruning_warnings" if outcome.engine == "torch-pruning" else "notes"] = outcome.warnings
     return torchslim.StepResult(model=pruned, report=rows, skipped=outcome.skipped, info=info)
 
 
@@ -93,6 +94,10 @@ def _check_plain(model: nn.Module, where: str) -> None:
 
 def _prune(model: nn.Module, inputs: tuple, ratio: float, opts: Any, targets: Targets | None, context: Any,
            where: str, *, finetune: bool) -> Outcome:
+    blocks = transformer_blocks(model, where, opts.ignore)
+    if blocks:  # heads and MLP widths by direct slicing; the rest of the model keeps its widths
+        return prune_blocks(model, blocks, ratio, opts, targets, context, where,
+                            finetune_between=opts.finetune_between if finetune else None)
     with eval_mode(model):
         return prune_model(model, inputs, ratio, opts, targets, context, where,
                            finetune_between=opts.finetune_between if finetune else None,

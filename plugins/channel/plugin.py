@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 import torchslim
+from torchslim.targets import HFConv1D
 
 from .graph import DEFAULT_TYPES
 from .options import ChannelOptions
@@ -18,7 +19,7 @@ class ChannelPruning:
 
     name = "channel"
     Options = ChannelOptions
-    default_types = DEFAULT_TYPES
+    default_types = (*DEFAULT_TYPES, HFConv1D)  # GPT-2's Conv1D projections, in transformer blocks
     needs = ("example_inputs",)  # one forward pass traces the coupled channels
 
     @torchslim.hookimpl

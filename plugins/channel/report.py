@@ -13,10 +13,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from torchslim import measure
 from torchslim.batches import call_model
-from torchslim.targets import is_internal
+from torchslim.targets import HFConv1D, is_internal
 
 #: Layers listed in the report (those whose channel counts Torch-Pruning changes).
-REPORTED: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention, nn.RNNBase)
+REPORTED: tuple[type[nn.Module], ...] = (
+    nn.modules.conv._ConvNd, nn.Linear, HFConv1D, nn.MultiheadAttention, nn.RNNBase)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ def channels(module: nn.Module) -> tuple[int, int]:
         return module.out_channels, module.in_channels
     if isinstance(module, nn.Linear):
         return module.out_features, module.in_features
+    if isinstance(module, HFConv1D):  # weight [in, out]
+        return int(module.weight.shape[1]), int(module.weight.shape[0])
     if isinstance(module, nn.MultiheadAttention):
         return module.embed_dim, module.embed_dim
     if isinstance(module, nn.RNNBase):

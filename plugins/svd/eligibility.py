@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from torch import nn
 
@@ -49,4 +52,19 @@ def read_by_parent(model: nn.Module, name: str) -> str | None:
         if isinstance(parent, cls) and child in children:
             return (f"its parent {type(parent).__name__} reads {child}.weight directly ({how}); factor "
                     f"modules have no single weight, so the layer is left as is")
+    parts = name.split(".")
+    for depth in range(len(parts)):  # an ancestor's forward may read it too (ViTModel reads the patch conv's dtype)
+        holder = model.get_submodule(".".join(parts[:depth])) if depth else model
+        if f"self.{'.'.join(parts[depth:])}.weight" in _forward_source(type(holder)):
+            return (f"{type(holder).__name__}.forward reads {'.'.join(parts[depth:])}.weight directly; factor "
+                    f"modules have no single weight, so the layer is left as is")
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_source(cls: type) -> str:
+    """The source of ``cls.forward`` ('' when it cannot be read, e.g. a compiled or built-in module)."""
+    try:
+        return inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return ""

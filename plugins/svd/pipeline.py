@@ -16,7 +16,7 @@ from torchslim.latency_table import LatencyTable
 from torchslim.measure import count_macs, eval_mode
 from torchslim.recipe import Targets
 from torchslim.surgery import replace_submodule
-from torchslim.targets import select_modules
+from torchslim.targets import HFConv1D, select_modules
 
 from .budget import budget_ranks, fixed_ranks
 from .calibration import GramCollector
@@ -28,12 +28,13 @@ from .options import SVDOptions
 from .report import factorized_speed, row
 from .sensitivity import sensitivities
 from .spectra import compute_spectrum, factorize, weight_matrix
+from .standins import attention_in_proj, linear_standins, restore_unfactorized, tied_reasons
 from .timing import Activations, Trials
 
 log = logging.getLogger("torchslim")
 
-#: Layer types ``svd`` factorizes when the recipe names no types.
-DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
+#: Layer types ``svd`` factorizes when the recipe names no types (HF ``Conv1D`` through a Linear stand-in).
+DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear, HFConv1D)
 
 
 def decompose(model: nn.Module, example_inputs: Any, options: "SVDOptions | dict | None" = None,
@@ -50,7 +51,20 @@ def decompose(model: nn.Module, example_inputs: Any, options: "SVDOptions | dict
         raise ModelError(f"{where}: svd needs example inputs to size each layer; pass example_inputs=... "
                          f"(or train_data/eval_data) to Engine.run")
     selected = select_modules(model, targets, DEFAULT_TYPES, skip_inside=MODULE_KINDS)
-    skipped: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str]] = attention_in_proj(model, (targets or Targets()).include)
+    tied = tied_reasons(model, selected)
+    skipped += [(name, reason) for name, reason in tied.items()]
+    selected = [(name, module) for name, module in selected if name not in tied]
+    swapped = linear_standins(model, selected)  # HF Conv1D -> an equal nn.Linear for the step
+    try:
+        return _decompose(model, example_inputs, opts, selected, skipped, calibration, where, start)
+    finally:
+        restore_unfactorized(model, swapped)
+
+
+def _decompose(model: nn.Module, example_inputs: Any, opts: SVDOptions, selected: list[tuple[str, nn.Module]],
+               skipped: list[tuple[str, str]], calibration: Iterable[Any], where: str,
+               start: float) -> torchslim.StepResult:
     layers, unfactorizable_macs, macs_before = capture(model, example_inputs, selected, opts, skipped)
     grams = calibrate(model, layers, calibration, where) if opts.data_aware and layers else None
     spectrum_start = time.perf_counter()
