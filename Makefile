@@ -18,7 +18,7 @@ TEST_STAMP := $(VENV)/.torchslim-test-installed
 $(STAMP): pyproject.toml $(PLUGINS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install $(TORCH_CPU)
-	$(PIP) install -e ".[dev,onnx,prune]"
+	$(PIP) install -e ".[dev,onnx,prune,hf]"
 	for p in $(PLUGINS); do $(PIP) install "./$$(dirname $$p)" || exit 1; done
 	touch $@
 
