@@ -25,19 +25,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from common import bench_threads  # bench/ is the script's own folder
 from texts import documents
+from torch import nn
 
 import torchslim
 from torchslim.tables import rows_table
@@ -52,8 +51,8 @@ def config(quick: bool) -> dict[str, Any]:
     if quick:
         return {"vocab": 512, "width": 64, "layers": 2, "heads": 2, "train_chars": 400_000, "train_s": 8,
                 "eval_windows": 16, "calib_windows": 16, "batch": 8}
-    return {"vocab": 2048, "width": 192, "layers": 4, "heads": 4, "train_chars": 4_000_000, "train_s": 180,
-            "eval_windows": 128, "calib_windows": 128, "batch": 16}
+    return {"vocab": 1024, "width": 128, "layers": 4, "heads": 4, "train_chars": 4_000_000, "train_s": 180,
+            "eval_windows": 128, "calib_windows": 128, "batch": 8}
 
 
 def tokenizer_for(text: str, vocab: int):
@@ -153,14 +152,46 @@ def rss_probe(folder: str, sequential: bool) -> None:
     """(child process) Peak-RSS growth of one activation + reconstruct 50% step; prints JSON."""
     model = torch.load(Path(folder) / "model.pt", weights_only=False)
     calib = torch.load(Path(folder) / "calib.pt")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sampler = RssSampler()
     start = time.perf_counter()
     step = {"compress": {"method": "magnitude", "sparsity": 0.5, "criterion": "activation", "reconstruct": True,
                          "scope": "row", "sequential": sequential, "calibration_batches": len(calib),
                          "targets": {"include": ["transformer.h.*"]}}}
-    torchslim.Engine().run(model, {"steps": [step], "evaluate": []}, train_data=calib)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_growth_mb": (after - before) / 1024, "seconds": time.perf_counter() - start}))
+    with sampler:
+        torchslim.Engine().run(model, {"steps": [step], "evaluate": []}, train_data=calib)
+    print(json.dumps({"peak_growth_mb": sampler.growth_mb, "seconds": time.perf_counter() - start}))
+
+
+class RssSampler:
+    """The resident set's peak above its size at entry, sampled every 5 ms from /proc/self/statm."""
+
+    def __init__(self) -> None:
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peak = self.base = 0
+        self.stop = threading.Event()
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.005):
+            self.peak = max(self.peak, self.rss())
+
+    def __enter__(self) -> "RssSampler":
+        self.base = self.peak = self.rss()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.rss())
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak - self.base) / 2 ** 20
 
 
 def peak_memory(model: nn.Module, calib: list[dict[str, torch.Tensor]], cfg: dict[str, Any]) -> dict[str, Any]:
