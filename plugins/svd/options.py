@@ -58,7 +58,9 @@ class SVDOptions(BaseModel):
                     "energy; small values fit the calibration text closely, large ones keep more of the original "
                     "(on MiniLM, 0.3 and 3 gave alike cosines on other text; 0.01 overfit the calibration text)")
     calibration_batches: int = Field(
-        8, ge=1, le=10_000, description="batches of train data used to gather activations when data_aware")
+        32, ge=1, le=10_000,
+        description="batches of train data used to gather activations when data_aware (Gram matrices are summed "
+                    "batch by batch: more batches cost time, not memory, except update's block activations)")
     damping: float = Field(
         0.01, gt=0, le=10,
         description="data_aware ridge, relative to the mean activation energy; larger blends toward plain SVD")
