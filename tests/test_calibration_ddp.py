@@ -18,6 +18,7 @@ from helpers import SUBPROCESS_TIMEOUT
 from safetensors.torch import load_file
 
 pytest.importorskip("transformers")
+pytestmark = pytest.mark.slow  # two torchrun ranks and one process: ~30 s
 
 SCRIPT = Path(__file__).resolve().parent / "calibration_ddp_script.py"
 
