@@ -277,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
           f"tokens), calibrated on {len(calib['cross']) * 8} windows of {SEQ} tokens of language-reference prose "
           f"(cross) or held-out code (same); no fine-tuning")
     print(rows_table(rows))
+    worst = max(row["ratio"] for row in rows)
+    if worst < 1.02:
+        print(f"\nNOTE: no method moved perplexity by 2% ({worst:.3f}x at most): the model is too little trained for its "
+              f"blocks to matter ({model.trained_steps} steps); give it more time with --train-seconds on a quiet machine")
     memory = peak_memory(model, prose[: cfg["calib_windows"] // 2], cfg)
     print(f"\nPeak RSS growth (sampled every 5 ms) of activation + reconstruct 50% in a fresh process, model "
           f"{memory['model_mb']:.1f} MB; the default calibration and 4x its tokens:")
