@@ -2,6 +2,7 @@
 
     python bench/minilm.py            # 128 calibration / 256 evaluation sentences, every row
     python bench/minilm.py --quick    # 32 / 32 sentences, fewer rows (smoke run)
+    python bench/minilm.py --rows reconstruct,svd   # only the rows whose names contain these
 
 Calibration sentences come from one set of sources (:func:`bench.texts.calibration_sentences`,
 mix ``broad``: language-reference prose and stdlib docstrings on text, files, data and concurrency);
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="32/32 sentences, fewer rows")
     parser.add_argument("--json", type=Path, default=RESULTS)
+    parser.add_argument("--rows", help="only the rows whose name contains one of these comma-separated words")
     args = parser.parse_args(argv)
     torch.set_num_threads(bench_threads(2))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -112,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     reference = {kind: embed(encoder, kind) for kind in evaluation}
     engine = torchslim.Engine()
     rows = []
-    for name, (step, floor) in variants(args.quick).items():
+    chosen = variants(args.quick)
+    if args.rows:
+        words = [w.strip() for w in args.rows.split(",")]
+        chosen = {name: spec for name, spec in chosen.items() if any(w in name for w in words)}
+    for name, (step, floor) in chosen.items():
         start = time.perf_counter()
         result = engine.run(encoder, {"steps": [step], "evaluate": []}, train_data=calib, example_inputs=calib[0])
         seconds = time.perf_counter() - start
