@@ -254,11 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--digits", action="store_true")
     parser.add_argument("--models", default="resnet50,resnet18", help="ResNet-shaped models of --resnet")
     parser.add_argument("--batches", default="1,8", help="batch sizes of --resnet")
+    parser.add_argument("--skip", default="", help="deploy methods to leave out, comma-separated (e.g. inductor,openvino)")
     parser.add_argument("--json", type=Path, help="where to write the JSON (default bench/results/deploy.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(THREADS)
     chosen = [name for name in ("resnet", "minilm", "digits") if getattr(args, name)] or ["resnet", "minilm", "digits"]
-    skip = {"inductor"} if args.quick else set()
+    skip = ({"inductor"} if args.quick else set()) | {name for name in args.skip.split(",") if name}
     out: dict[str, Any] = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": THREADS,
                                        "torch": torch.__version__}, "quick": args.quick}
     start = time.perf_counter()

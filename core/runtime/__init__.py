@@ -10,9 +10,9 @@ time candidates with it).
 
 from __future__ import annotations
 
-from .building import calibration_inputs, positional, prepared, reference_outputs, spec_for
+from .building import calibration_inputs, has_attention, positional, prepared, reference_outputs, spec_for
 from .deploying import deploy, runtime_step, unavailable
 from .module import COUNTS, RuntimeModule, is_artifact, output_spec
 
-__all__ = ["COUNTS", "RuntimeModule", "calibration_inputs", "deploy", "is_artifact", "output_spec", "positional",
+__all__ = ["COUNTS", "RuntimeModule", "calibration_inputs", "deploy", "has_attention", "is_artifact", "output_spec", "positional",
            "prepared", "reference_outputs", "runtime_step", "spec_for", "unavailable"]

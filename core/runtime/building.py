@@ -22,6 +22,16 @@ def prepared(model: nn.Module) -> nn.Module:
     return masks.finalize(replica).eval()
 
 
+def has_attention(model: nn.Module) -> bool:
+    """True when ``model`` holds attention layers (``nn.MultiheadAttention`` or a class named ``*Attention``).
+
+    Runtimes quantize such models differently: their activations include additive attention masks of
+    ``-inf`` or the dtype's minimum, which wreck a calibrated activation range, and their accuracy rests
+    on the softmax and normalization staying in float.
+    """
+    return any(isinstance(m, nn.MultiheadAttention) or type(m).__name__.endswith("Attention") for m in model.modules())
+
+
 def positional(example_inputs: Any, where: str) -> tuple[torch.Tensor, ...]:
     """``example_inputs`` as a tuple of CPU tensors; keyword inputs are refused with the fix."""
     inputs = as_inputs(example_inputs)

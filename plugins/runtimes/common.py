@@ -13,6 +13,9 @@ from torchslim.runtime import RuntimeModule
 
 #: The relative output error an fp32 artifact may show on the example inputs (rounding and fused kernels).
 FP32_MAX_ERROR = 1e-3
+#: Above this relative output error an int8 artifact gets a warning (int8 models that keep their
+#: accuracy stay within a few percent; tens of percent means the quantization went wrong).
+INT8_WARN_ERROR = 0.1
 
 
 def relative_error(got: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
@@ -53,4 +56,14 @@ def finished(artifact: RuntimeModule, model: nn.Module, inputs: tuple[torch.Tens
             f"for an artifact that matches")
     size = sum(len(data) for data in artifact.files.values())
     row = {"runtime": method, "precision": precision, "artifact_bytes": size, "output_error": error}
-    return torchslim.StepResult(model=artifact, report=[row], info=dict(row))
+    return torchslim.StepResult(model=artifact, report=[row], info=dict(row),
+                                warnings=int8_warnings(method, precision, error))
+
+
+def int8_warnings(method: str, precision: str, error: float) -> list[str]:
+    """A warning when an int8 artifact's relative output error says the quantization went wrong."""
+    if precision != "int8" or error <= INT8_WARN_ERROR:
+        return []
+    return [f"deploy/{method}: the int8 artifact's outputs differ from the model's by {error:.2g} (relative to "
+            f"their norm) on the example inputs; check its accuracy before shipping it, or deploy fp32 "
+            f"(set max_error to make this an error)"]

@@ -21,7 +21,7 @@ from torch import nn
 
 import torchslim
 from torchslim.batches import tensors_in
-from torchslim.runtime import RuntimeModule, calibration_inputs, positional, prepared, spec_for
+from torchslim.runtime import RuntimeModule, calibration_inputs, has_attention, positional, prepared, spec_for
 
 from .common import finished
 from .options import OnnxRuntimeOptions
@@ -79,8 +79,14 @@ class _Reader:
         return next(self._feeds, None)
 
 
-def quantize(fp32: bytes, options: OnnxRuntimeOptions, batches: list[tuple[torch.Tensor, ...]]) -> bytes:
-    """The int8 form of the ONNX model ``fp32``: static QDQ calibrated on ``batches``, or dynamic."""
+#: The ops static int8 quantizes with ``quantize_ops: compute``.
+COMPUTE_OPS = ["Conv", "MatMul", "Gemm"]
+
+
+def quantize(fp32: bytes, options: OnnxRuntimeOptions, batches: list[tuple[torch.Tensor, ...]],
+             compute_only: bool = False) -> bytes:
+    """The int8 form of the ONNX model ``fp32``: static QDQ calibrated on ``batches`` (only the
+    :data:`COMPUTE_OPS` when ``compute_only``), or dynamic."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -102,7 +108,8 @@ def quantize(fp32: bytes, options: OnnxRuntimeOptions, batches: list[tuple[torch
             quantize_static(str(ready), str(target), _Reader(names, batches), quant_format=QuantFormat.QDQ,
                             per_channel=options.per_channel, reduce_range=options.reduce_range,
                             activation_type=activation, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax)
+                            calibrate_method=CalibrationMethod.MinMax,
+                            op_types_to_quantize=COMPUTE_OPS if compute_only else None)
         return target.read_bytes()
 
 
@@ -129,7 +136,8 @@ class OnnxRuntime:
         data = export(source, inputs, options.opset)
         if options.precision == "int8":
             batches = calibration_inputs(context, options.calibration_batches, where)
-            data = quantize(data, options, batches if options.quantization == "static" else [])
+            compute_only = options.quantize_ops == "compute" or (options.quantize_ops == "auto" and has_attention(source))
+            data = quantize(data, options, batches if options.quantization == "static" else [], compute_only)
         spec = spec_for(source, inputs, precision=options.precision, threads=options.threads,
                         quantization=options.quantization if options.precision == "int8" else None)
         artifact = OnnxRuntimeModule(spec, {"model.onnx": data})

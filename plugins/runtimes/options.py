@@ -35,6 +35,11 @@ class OnnxRuntimeOptions(RuntimeOptions):
         "uint8", description="int8 only: activation type. uint8 (with int8 weights, U8S8) is what x86's "
                              "AVX2/AVX-512 int8 dot-product instructions (vpmaddubsw, VNNI vpdpbusd) take directly; "
                              "int8 activations (S8S8) are converted first on x86")
+    quantize_ops: Literal["auto", "compute", "all"] = Field(
+        "auto", description="int8 static only: which ops run int8. 'compute': convolutions and matrix products "
+                            "(Conv, MatMul, Gemm); 'all': every op ONNX Runtime can quantize (adds, pools, "
+                            "activations too: fewer conversions in CNNs); 'auto': 'compute' for models with "
+                            "attention layers (their masks and softmax wreck a calibrated range), else 'all'")
     per_channel: bool = Field(True, description="int8 only: one weight scale per output channel (more accurate)")
     reduce_range: bool = Field(
         False, description="int8 only: 7-bit weights, which avoid the U8S8 saturation of CPUs without VNNI at a "

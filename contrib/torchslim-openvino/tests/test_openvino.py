@@ -46,3 +46,35 @@ def test_openvino_artifact_runs_saves_and_loads(precision, loader, tmp_path):
     assert result.final["accuracy"] >= (1.0 if precision == "fp32" else 0.75)
     loaded = torchslim.load(torchslim.save(result, tmp_path / "ov"))
     torch.testing.assert_close(loaded(x), result.model(x))
+
+
+def test_int8_quantizes_attention_models_with_the_transformer_scheme():
+    pytest.importorskip("nncf")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    bert = transformers.BertModel(transformers.BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)).eval()
+
+    class Encoder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+
+    def tokens(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.randint(0, 100, (8, 16), generator=torch.Generator().manual_seed(seed))
+        mask = torch.ones(8, 16, dtype=torch.long)
+        mask[::2, 10:] = 0
+        return ids, mask
+
+    model, x = Encoder().eval(), tokens(0)
+    reference = model(*x).detach()
+    errors = {}
+    for scheme in ("auto", "default"):
+        artifact = torchslim.runtime.deploy(model, x, "openvino", precision="int8", model_type=scheme,
+                                            train_data=[(tokens(s), None) for s in range(1, 5)])
+        errors[scheme] = float((artifact(*x) - reference).norm() / reference.norm())
+    assert errors["auto"] < 0.05
+    assert errors["auto"] < 0.75 * errors["default"]

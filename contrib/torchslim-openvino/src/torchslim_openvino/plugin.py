@@ -11,7 +11,7 @@ from torch import nn
 
 import torchslim
 from torchslim.batches import tensors_in
-from torchslim.runtime import RuntimeModule, calibration_inputs, positional, prepared, spec_for
+from torchslim.runtime import RuntimeModule, calibration_inputs, has_attention, positional, prepared, spec_for
 
 
 class OpenVINOOptions(BaseModel):
@@ -23,6 +23,10 @@ class OpenVINOOptions(BaseModel):
         "fp32", description="fp32 (the CPU plugin told not to drop to bf16) or int8 (NNCF post-training "
                             "quantization, calibrated on train_data)")
     calibration_batches: int = Field(8, ge=1, description="train_data batches NNCF calibrates int8 on")
+    model_type: Literal["auto", "transformer", "default"] = Field(
+        "auto", description="int8 only: NNCF's quantization scheme. 'transformer' keeps softmax, normalization "
+                            "and attention masks in float (NNCF's ModelType.TRANSFORMER); 'default' quantizes "
+                            "every op NNCF can; 'auto': 'transformer' for models with attention layers")
     threads: int | None = Field(None, ge=1, description="inference threads (default: torch's)")
     max_error: float | None = Field(
         None, gt=0, description="fail the step when the artifact's outputs differ from the model's by more "
@@ -69,12 +73,13 @@ def convert(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Any:
     return converted
 
 
-def quantized(ov_model: Any, batches: list[tuple[torch.Tensor, ...]]) -> Any:
-    """``ov_model`` quantized to int8 by NNCF on ``batches``."""
+def quantized(ov_model: Any, batches: list[tuple[torch.Tensor, ...]], transformer: bool = False) -> Any:
+    """``ov_model`` quantized to int8 by NNCF on ``batches`` (with NNCF's transformer scheme when asked)."""
     import nncf
 
     data = nncf.Dataset([[t.numpy() for t in batch] for batch in batches])
-    return nncf.quantize(ov_model, data, subset_size=sum(batch[0].shape[0] for batch in batches))
+    scheme = {"model_type": nncf.ModelType.TRANSFORMER} if transformer else {}
+    return nncf.quantize(ov_model, data, subset_size=sum(batch[0].shape[0] for batch in batches), **scheme)
 
 
 def serialized(ov_model: Any) -> dict[str, bytes]:
@@ -120,7 +125,8 @@ class OpenVINO:
         source = prepared(model)
         ov_model = convert(source, inputs)
         if options.precision == "int8":
-            ov_model = quantized(ov_model, calibration_inputs(context, options.calibration_batches, where))
+            transformer = options.model_type == "transformer" or (options.model_type == "auto" and has_attention(source))
+            ov_model = quantized(ov_model, calibration_inputs(context, options.calibration_batches, where), transformer)
         spec = spec_for(source, inputs, precision=options.precision, threads=options.threads)
         artifact = OpenVINOModule(spec, serialized(ov_model))
         with torch.no_grad():
@@ -132,7 +138,10 @@ class OpenVINO:
                                       f"by {error:.3g} (relative), more than max_error={limit}")
         size = sum(len(data) for data in artifact.files.values())
         row = {"runtime": "openvino", "precision": options.precision, "artifact_bytes": size, "output_error": error}
-        return torchslim.StepResult(model=artifact, report=[row], info=dict(row))
+        warnings = [] if options.precision != "int8" or error <= 0.1 else [
+            f"{where}: the int8 artifact's outputs differ from the model's by {error:.2g} (relative to their norm) "
+            f"on the example inputs; check its accuracy before shipping it, or deploy fp32"]
+        return torchslim.StepResult(model=artifact, report=[row], info=dict(row), warnings=warnings)
 
     @torchslim.hookimpl
     def register_module_kinds(self, register: Any) -> None:
