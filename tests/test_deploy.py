@@ -216,3 +216,15 @@ def test_an_int8_artifact_far_from_its_model_is_named_in_a_warning():
     assert int8_warnings("onnxruntime", "fp32", 0.5) == []
     (warning,) = int8_warnings("onnxruntime", "int8", 0.6)
     assert "deploy/onnxruntime" in warning and "0.6" in warning and "fp32" in warning
+
+
+def test_reduce_range_auto_follows_the_cpus_vnni(engine, data):
+    from torchslim.plugins.runtimes.common import has_vnni
+
+    assert has_vnni({"avx2", "avx512_vnni"}) and has_vnni({"amx_int8"}) and not has_vnni({"avx2", "fma"})
+    result = run(engine, {"method": "onnxruntime", "precision": "int8"}, data, evaluate=("accuracy",))
+    assert result.model.spec["reduce_range"] is (not has_vnni())
+    explicit = run(engine, {"method": "onnxruntime", "precision": "int8", "reduce_range": not has_vnni()}, data,
+                   evaluate=("accuracy",))
+    x = data[1]
+    torch.testing.assert_close(result.model(x), explicit.model(x))

@@ -23,7 +23,7 @@ import torchslim
 from torchslim.batches import tensors_in
 from torchslim.runtime import RuntimeModule, calibration_inputs, has_attention, positional, prepared, spec_for
 
-from .common import finished
+from .common import finished, has_vnni
 from .options import OnnxRuntimeOptions
 
 
@@ -84,9 +84,9 @@ COMPUTE_OPS = ["Conv", "MatMul", "Gemm"]
 
 
 def quantize(fp32: bytes, options: OnnxRuntimeOptions, batches: list[tuple[torch.Tensor, ...]],
-             compute_only: bool = False) -> bytes:
+             compute_only: bool = False, reduce_range: bool = False) -> bytes:
     """The int8 form of the ONNX model ``fp32``: static QDQ calibrated on ``batches`` (only the
-    :data:`COMPUTE_OPS` when ``compute_only``), or dynamic."""
+    :data:`COMPUTE_OPS` when ``compute_only``), or dynamic; 7-bit weights with ``reduce_range``."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -100,13 +100,13 @@ def quantize(fp32: bytes, options: OnnxRuntimeOptions, batches: list[tuple[torch
             ready = source
         if options.quantization == "dynamic":
             quantize_dynamic(str(ready), str(target), weight_type=QuantType.QInt8, per_channel=options.per_channel,
-                             reduce_range=options.reduce_range)
+                             reduce_range=reduce_range)
         else:
             import onnx
 
             names = [item.name for item in onnx.load(str(ready), load_external_data=False).graph.input]
             quantize_static(str(ready), str(target), _Reader(names, batches), quant_format=QuantFormat.QDQ,
-                            per_channel=options.per_channel, reduce_range=options.reduce_range,
+                            per_channel=options.per_channel, reduce_range=reduce_range,
                             activation_type=activation, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax,
                             op_types_to_quantize=COMPUTE_OPS if compute_only else None)
@@ -134,12 +134,15 @@ class OnnxRuntime:
         inputs = positional(context.example_inputs, where)
         source = prepared(model)
         data = export(source, inputs, options.opset)
-        if options.precision == "int8":
+        int8 = options.precision == "int8"
+        reduce_range = (not has_vnni() if options.reduce_range == "auto" else options.reduce_range) if int8 else None
+        if int8:
             batches = calibration_inputs(context, options.calibration_batches, where)
             compute_only = options.quantize_ops == "compute" or (options.quantize_ops == "auto" and has_attention(source))
-            data = quantize(data, options, batches if options.quantization == "static" else [], compute_only)
+            data = quantize(data, options, batches if options.quantization == "static" else [], compute_only,
+                            bool(reduce_range))
         spec = spec_for(source, inputs, precision=options.precision, threads=options.threads,
-                        quantization=options.quantization if options.precision == "int8" else None)
+                        quantization=options.quantization if int8 else None, reduce_range=reduce_range)
         artifact = OnnxRuntimeModule(spec, {"model.onnx": data})
         return finished(artifact, source, inputs, options, step.method)
 

@@ -41,9 +41,10 @@ class OnnxRuntimeOptions(RuntimeOptions):
                             "activations too: fewer conversions in CNNs); 'auto': 'compute' for models with "
                             "attention layers (their masks and softmax wreck a calibrated range), else 'all'")
     per_channel: bool = Field(True, description="int8 only: one weight scale per output channel (more accurate)")
-    reduce_range: bool = Field(
-        False, description="int8 only: 7-bit weights, which avoid the U8S8 saturation of CPUs without VNNI at a "
-                           "little accuracy")
+    reduce_range: bool | Literal["auto"] = Field(
+        "auto", description="int8 only: 7-bit weights, which avoid the saturation of U8S8 products on CPUs without "
+                            "VNNI (AVX2's vpmaddubsw adds pairs in 16 bits) at a little precision; 'auto': on when "
+                            "the CPU deploying the model has no VNNI (avx512_vnni, avx_vnni, amx_int8)")
     opset: int = Field(17, ge=13, description="ONNX opset the model is exported with")
     threads: int | None = Field(None, ge=1, description="intra-op threads of the session (default: torch's)")
 
