@@ -228,7 +228,7 @@ def bench_digits(quick: bool, skip: set[str]) -> list[dict[str, Any]]:
     rows = []
     for method in ("onnxruntime",) if quick else ("onnxruntime", "openvino", "inductor"):
         if method in skip or unavailable(method) is not None:
-            rows.append({"runtime": f"{method} int8", "status": f"skipped: {unavailable(method) or '--quick'}"})
+            rows.append({"runtime": f"{method} int8", "status": f"skipped: {unavailable(method) or ('--quick' if quick else '--skip')}"})
             continue
         recipe = {"steps": [{"accelerate": {"method": "channel", "mac_ratio": 0.5}},
                             {"finetune": {"method": "sgd", "epochs": 1 if quick else 6, "lr": 0.01}},
