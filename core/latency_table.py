@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .cache_dir import default_cache_dir
+from .cpu import cpu_info
 from .io.atomic import write_json_atomic
 
 log = logging.getLogger("torchslim")
@@ -39,11 +40,9 @@ Timing = tuple[float, float]
 @lru_cache(maxsize=1)
 def _cpu_model() -> str:
     """The CPU's model name and a digest of its feature flags (names such as "AMD EPYC" span generations)."""
-    try:
-        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
-    except OSError:
+    info = cpu_info()
+    if not info:
         return platform.processor() or platform.machine()
-    info = {key.strip(): value.strip() for key, value in info.items()}
     flags = hashlib.sha256(info.get("flags", "").encode()).hexdigest()[:8]
     return f"{info.get('model name', platform.machine())} (flags {flags})"
 

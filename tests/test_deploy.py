@@ -219,7 +219,7 @@ def test_an_int8_artifact_far_from_its_model_is_named_in_a_warning():
 
 
 def test_reduce_range_auto_follows_the_cpus_vnni(engine, data):
-    from torchslim.plugins.runtimes.common import has_vnni
+    from torchslim.cpu import has_vnni
 
     assert has_vnni({"avx2", "avx512_vnni"}) and has_vnni({"amx_int8"}) and not has_vnni({"avx2", "fma"})
     result = run(engine, {"method": "onnxruntime", "precision": "int8"}, data, evaluate=("accuracy",))

@@ -18,27 +18,6 @@ FP32_MAX_ERROR = 1e-3
 INT8_WARN_ERROR = 0.1
 
 
-#: CPU flags (as /proc/cpuinfo names them) of the int8 dot-product instructions that do not saturate.
-VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
-
-
-def cpu_flags() -> set[str]:
-    """This CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS, Windows)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            for line in info:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def has_vnni(flags: set[str] | None = None) -> bool:
-    """True when the CPU (or ``flags``) has a VNNI int8 dot product; False when it cannot tell."""
-    return any(flag in (cpu_flags() if flags is None else flags) for flag in VNNI_FLAGS)
-
-
 def relative_error(got: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
     """``max over outputs of ||a - b|| / ||b||`` (0 for outputs that are all zero and match)."""
     worst = 0.0

@@ -21,9 +21,10 @@ from torch import nn
 
 import torchslim
 from torchslim.batches import tensors_in
+from torchslim.cpu import has_vnni
 from torchslim.runtime import RuntimeModule, calibration_inputs, has_attention, positional, prepared, spec_for
 
-from .common import finished, has_vnni
+from .common import finished
 from .options import OnnxRuntimeOptions
 
 
