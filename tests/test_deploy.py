@@ -196,8 +196,7 @@ def padded_tokens(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_static_int8_keeps_an_attention_models_masks_and_softmax_in_float():
-    from torchslim.plugins.runtimes.common import relative_error
-    from torchslim.runtime import has_attention
+    from torchslim.runtime import has_attention, relative_error
 
     model, x = TinyBertEncoder(), padded_tokens(0)
     assert has_attention(model) and not has_attention(small_cnn())
@@ -210,7 +209,7 @@ def test_static_int8_keeps_an_attention_models_masks_and_softmax_in_float():
 
 
 def test_an_int8_artifact_far_from_its_model_is_named_in_a_warning():
-    from torchslim.plugins.runtimes.common import int8_warnings
+    from torchslim.runtime import int8_warnings
 
     assert int8_warnings("onnxruntime", "int8", 0.02) == []
     assert int8_warnings("onnxruntime", "fp32", 0.5) == []

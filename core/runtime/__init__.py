@@ -11,8 +11,10 @@ time candidates with it).
 from __future__ import annotations
 
 from .building import calibration_inputs, has_attention, positional, prepared, reference_outputs, spec_for
+from .checking import checked_result, int8_warnings, relative_error
 from .deploying import deploy, runtime_step, unavailable
 from .module import COUNTS, RuntimeModule, is_artifact, output_spec
 
-__all__ = ["COUNTS", "RuntimeModule", "calibration_inputs", "deploy", "has_attention", "is_artifact", "output_spec", "positional",
-           "prepared", "reference_outputs", "runtime_step", "spec_for", "unavailable"]
+__all__ = ["COUNTS", "RuntimeModule", "calibration_inputs", "checked_result", "deploy", "has_attention", "int8_warnings",
+           "is_artifact", "output_spec", "positional", "prepared", "reference_outputs", "relative_error", "runtime_step",
+           "spec_for", "unavailable"]

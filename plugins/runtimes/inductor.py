@@ -21,9 +21,8 @@ from torch import nn
 
 import torchslim
 from torchslim.batches import tensors_in
-from torchslim.runtime import RuntimeModule, calibration_inputs, positional, prepared, spec_for
+from torchslim.runtime import RuntimeModule, calibration_inputs, checked_result, positional, prepared, spec_for
 
-from .common import finished
 from .options import InductorOptions
 
 
@@ -170,7 +169,7 @@ class Inductor:
         spec = spec_for(source, inputs, precision=options.precision, mode=options.mode,
                         batch=int(inputs[0].shape[0]) if options.precision == "int8" else None)
         artifact = InductorModule(spec, {"model.pt2": data})
-        return finished(artifact, source, inputs, options, step.method)
+        return checked_result(artifact, source, inputs, options, step.method)
 
     @torchslim.hookimpl
     def register_module_kinds(self, register: Any) -> None:

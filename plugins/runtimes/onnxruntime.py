@@ -22,9 +22,16 @@ from torch import nn
 import torchslim
 from torchslim.batches import tensors_in
 from torchslim.cpu import has_vnni
-from torchslim.runtime import RuntimeModule, calibration_inputs, has_attention, positional, prepared, spec_for
+from torchslim.runtime import (
+    RuntimeModule,
+    calibration_inputs,
+    checked_result,
+    has_attention,
+    positional,
+    prepared,
+    spec_for,
+)
 
-from .common import finished
 from .options import OnnxRuntimeOptions
 
 
@@ -145,7 +152,7 @@ class OnnxRuntime:
         spec = spec_for(source, inputs, precision=options.precision, threads=options.threads,
                         quantization=options.quantization if int8 else None, reduce_range=reduce_range)
         artifact = OnnxRuntimeModule(spec, {"model.onnx": data})
-        return finished(artifact, source, inputs, options, step.method)
+        return checked_result(artifact, source, inputs, options, step.method)
 
     @torchslim.hookimpl
     def register_module_kinds(self, register: Any) -> None:

@@ -17,9 +17,8 @@ from torch import nn
 
 import torchslim
 from torchslim.batches import tensors_in
-from torchslim.runtime import RuntimeModule, positional, prepared, spec_for
+from torchslim.runtime import RuntimeModule, checked_result, positional, prepared, spec_for
 
-from .common import finished
 from .options import TorchScriptOptions
 
 
@@ -68,7 +67,7 @@ class TorchScript:
             raise torchslim.StepError(f"{where}: torch.jit.trace/freeze failed for {type(model).__name__}: "
                                       f"{type(exc).__name__}: {exc}") from exc
         artifact = TorchScriptModule(spec_for(source, inputs, precision="fp32"), {"model.torchscript": data})
-        return finished(artifact, source, inputs, step.options, step.method)
+        return checked_result(artifact, source, inputs, step.options, step.method)
 
     @torchslim.hookimpl
     def register_module_kinds(self, register: Any) -> None:

@@ -10,8 +10,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 import torchslim
-from torchslim.batches import tensors_in
-from torchslim.runtime import RuntimeModule, calibration_inputs, has_attention, positional, prepared, spec_for
+from torchslim.runtime import (
+    RuntimeModule,
+    calibration_inputs,
+    checked_result,
+    has_attention,
+    positional,
+    prepared,
+    spec_for,
+)
 
 
 class OpenVINOOptions(BaseModel):
@@ -95,15 +102,6 @@ def serialized(ov_model: Any) -> dict[str, bytes]:
         return {"model.xml": xml.read_bytes(), "model.bin": xml.with_suffix(".bin").read_bytes()}
 
 
-def _relative_error(got: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
-    worst = 0.0
-    for a, b in zip(got, expected):
-        scale = float(b.double().norm())
-        diff = float((a.double() - b.double()).norm())
-        worst = max(worst, diff / scale if scale > 0 else diff)
-    return worst
-
-
 class OpenVINO:
     """Deploy to OpenVINO's CPU runtime: ``- deploy: {method: openvino, precision: int8}``."""
 
@@ -129,19 +127,7 @@ class OpenVINO:
             ov_model = quantized(ov_model, calibration_inputs(context, options.calibration_batches, where), transformer)
         spec = spec_for(source, inputs, precision=options.precision, threads=options.threads)
         artifact = OpenVINOModule(spec, serialized(ov_model))
-        with torch.no_grad():
-            expected = [t.detach() for t in tensors_in(source(*inputs))]
-            error = _relative_error(list(tensors_in(artifact(*inputs))), expected)
-        limit = options.max_error if options.max_error is not None else (1e-3 if options.precision == "fp32" else None)
-        if limit is not None and not error <= limit:
-            raise torchslim.StepError(f"{where}: the {options.precision} artifact's outputs differ from the model's "
-                                      f"by {error:.3g} (relative), more than max_error={limit}")
-        size = sum(len(data) for data in artifact.files.values())
-        row = {"runtime": "openvino", "precision": options.precision, "artifact_bytes": size, "output_error": error}
-        warnings = [] if options.precision != "int8" or error <= 0.1 else [
-            f"{where}: the int8 artifact's outputs differ from the model's by {error:.2g} (relative to their norm) "
-            f"on the example inputs; check its accuracy before shipping it, or deploy fp32"]
-        return torchslim.StepResult(model=artifact, report=[row], info=dict(row), warnings=warnings)
+        return checked_result(artifact, source, inputs, options, step.method)
 
     @torchslim.hookimpl
     def register_module_kinds(self, register: Any) -> None:

@@ -1,4 +1,5 @@
-"""What the built-in runtimes share: checking the artifact against the model, and the step's report."""
+"""What every runtime plugin ends its ``deploy`` step with: the artifact checked against the model on the
+example inputs (relative output error, a limit for fp32, a warning for int8 far off), and the step's report."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-import torchslim
-from torchslim.batches import tensors_in
-from torchslim.runtime import RuntimeModule
+from ..errors import StepError
+from ..results import StepResult
+from .building import reference_outputs
+from .module import RuntimeModule
 
 #: The relative output error an fp32 artifact may show on the example inputs (rounding and fused kernels).
 FP32_MAX_ERROR = 1e-3
@@ -31,18 +33,17 @@ def relative_error(got: list[torch.Tensor], expected: list[torch.Tensor]) -> flo
     return worst
 
 
-def finished(artifact: RuntimeModule, model: nn.Module, inputs: tuple[torch.Tensor, ...], options: Any,
-             method: str) -> torchslim.StepResult:
+def checked_result(artifact: RuntimeModule, model: nn.Module, inputs: tuple[torch.Tensor, ...], options: Any,
+                   method: str) -> StepResult:
     """The step's result: ``artifact`` checked against ``model`` on ``inputs``, with its error and size.
 
     Raises :class:`~torchslim.StepError` when the artifact's outputs differ from the model's by more than
     ``options.max_error`` (default: :data:`FP32_MAX_ERROR` for fp32, no limit for int8).
     """
-    with torch.no_grad():
-        expected = [t.detach().cpu() for t in tensors_in(model(*inputs))]
-        got = [t.detach().cpu() for t in tensors_in(artifact(*inputs))]
+    expected = reference_outputs(model, inputs)
+    got = reference_outputs(artifact, inputs)
     if len(got) != len(expected):
-        raise torchslim.StepError(f"deploy/{method}: the artifact returns {len(got)} outputs, the model "
+        raise StepError(f"deploy/{method}: the artifact returns {len(got)} outputs, the model "
                                   f"{len(expected)}")
     error = relative_error(got, expected)
     precision = getattr(options, "precision", "fp32")
@@ -50,13 +51,13 @@ def finished(artifact: RuntimeModule, model: nn.Module, inputs: tuple[torch.Tens
     if limit is None and precision == "fp32":
         limit = FP32_MAX_ERROR
     if limit is not None and not error <= limit:
-        raise torchslim.StepError(
+        raise StepError(
             f"deploy/{method}: the {precision} artifact's outputs differ from the model's by {error:.3g} (relative "
             f"to their norm) on the example inputs, more than max_error={limit}; raise max_error, or use fp32 "
             f"for an artifact that matches")
     size = sum(len(data) for data in artifact.files.values())
     row = {"runtime": method, "precision": precision, "artifact_bytes": size, "output_error": error}
-    return torchslim.StepResult(model=artifact, report=[row], info=dict(row),
+    return StepResult(model=artifact, report=[row], info=dict(row),
                                 warnings=int8_warnings(method, precision, error))
 
 
