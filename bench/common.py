@@ -1,8 +1,13 @@
-"""What every benchmark script shares: the thread count it times with."""
+"""What the benchmark scripts share: the thread count they time with, writing their JSON, MiniLM's wrapper."""
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
 
 
 def bench_threads(default: int) -> int:
@@ -13,3 +18,24 @@ def bench_threads(default: int) -> int:
     """
     value = os.environ.get("OMP_NUM_THREADS", "")
     return int(value) if value.isdigit() and int(value) > 0 else default
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON to ``path`` (creating its folder) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+    print(f"wrote {path}")
+
+
+class SentenceEncoder(nn.Module):
+    """A SentenceTransformer taking tokenizer outputs as keyword tensors and returning embeddings."""
+
+    def __init__(self, st: nn.Module) -> None:
+        super().__init__()
+        self.st = st
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        features = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            features["token_type_ids"] = token_type_ids
+        return self.st(features)["sentence_embedding"]

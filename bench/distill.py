@@ -22,7 +22,6 @@ tables and writes JSON (bench/results/distill.json, or distill-quick.json).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import write_json  # bench/ is the script's own folder
 from tabulate import tabulate
 from torch import nn
 
@@ -155,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                    headers=["fine-tuning", "sparsity", *methods], disable_numparse=True))
     name = "distill-quick" if args.quick else "distill-ablation" if args.ablation else "distill"
     out = args.out or RESULTS / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_json(out, results)
     return 0
 
 

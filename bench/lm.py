@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import bench_threads  # bench/ is the script's own folder
+from common import bench_threads, write_json  # bench/ is the script's own folder
 from texts import documents
 from torch import nn
 
@@ -291,9 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"config": {**cfg, "seq_len": SEQ, "params": params, "trained_steps": model.trained_steps,
                       "train_s": round(train_s, 1), "threads": torch.get_num_threads()},
            "dense_ppl": dense, "rows": rows, "memory": memory, "floors": FLOORS}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.json}")
+    write_json(args.json, out)
     return 0
 
 

@@ -20,7 +20,6 @@ MACs >= 0.88.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import bench_threads  # bench/ is the script's own folder
+from common import SentenceEncoder, bench_threads, write_json  # bench/ is the script's own folder
 from texts import calibration_sentences, evaluation_sentences
 from torch import nn
 
@@ -38,20 +37,6 @@ from torchslim.tables import rows_table
 RESULTS = Path(__file__).resolve().parent / "results" / "minilm.json"
 PRUNE_TARGETS = {"exclude": ["*pooler*"]}  # mean pooling never reads the pooler
 SVD_TARGETS = {"include": ["*encoder.layer.*"]}
-
-
-class SentenceEncoder(nn.Module):
-    """A SentenceTransformer taking tokenizer outputs as keyword tensors and returning embeddings."""
-
-    def __init__(self, st: nn.Module) -> None:
-        super().__init__()
-        self.st = st
-
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
-        features = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            features["token_type_ids"] = token_type_ids
-        return self.st(features)["sentence_embedding"]
 
 
 def variants(quick: bool) -> dict[str, tuple[dict[str, Any], float | None]]:
@@ -147,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     print(rows_table(rows))
     out = {"config": {"calibration_sentences": n_calib, "eval_sentences": n_eval, "calibration_tokens": tokens,
                       "threads": torch.get_num_threads()}, "rows": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.json}")
+    write_json(args.json, out)
     return 0
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import SentenceEncoder  # bench/ is the script's own folder
 from tabulate import tabulate
 from torch import nn
 from torch.nn.utils import prune as torch_prune
@@ -343,20 +344,6 @@ def sentences() -> list[str]:
     mixed = FREE + combined[:260]
     rng.shuffle(mixed)
     return mixed
-
-
-class SentenceEncoder(nn.Module):
-    """Wrap a SentenceTransformer so it takes tokenizer outputs as keyword tensors and returns embeddings."""
-
-    def __init__(self, st: nn.Module) -> None:
-        super().__init__()
-        self.st = st
-
-    def forward(self, input_ids, attention_mask, token_type_ids=None):
-        features = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            features["token_type_ids"] = token_type_ids
-        return self.st(features)["sentence_embedding"]
 
 
 def bench_minilm(quick: bool) -> dict[str, Any]:

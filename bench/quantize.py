@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from common import write_json  # bench/ is the script's own folder
 from tabulate import tabulate
 from torch import nn
 
@@ -206,9 +206,7 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {results['load_average'][0]}")
     print(tabulate([[row.get(c, "") for c in columns] for row in results["rows"]], headers=columns))
     out = args.out or RESULTS / ("quantize-quick.json" if args.quick else "quantize.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_json(out, results)
     return 0
 
 

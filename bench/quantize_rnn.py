@@ -24,7 +24,6 @@ same file sizes), a few seconds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from common import write_json  # bench/ is the script's own folder
 from tabulate import tabulate
 from torch import nn
 from torchslim_quantize import Int8GRU, Int8LSTM, Int8RNN, recurrent_kernel
@@ -185,9 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in results["int8_layers"]:
         print(f"  {row['layer']} ({row['type']}): {row['int8']} - {row['compute']}")
     out = args.out or RESULTS / ("quantize_rnn-quick.json" if args.quick else "quantize_rnn.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    write_json(out, results)
     return 0
 
 
