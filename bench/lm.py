@@ -39,6 +39,7 @@ from texts import documents
 from torch import nn
 
 import torchslim
+from torchslim.plugins.svd.standins import linear_standins
 from torchslim.tables import rows_table
 from torchslim.text import token_batches
 
@@ -115,17 +116,8 @@ def train(cfg: dict[str, Any], batches: list[dict[str, torch.Tensor]], tokenizer
 
 
 def linears(model: nn.Module) -> nn.Module:
-    """Replace transformers' ``Conv1D`` (weight stored ``[in, out]``) by the equal ``nn.Linear``."""
-    from transformers.pytorch_utils import Conv1D
-
-    for name, module in list(model.named_modules()):
-        if isinstance(module, Conv1D):
-            linear = nn.Linear(module.weight.shape[0], module.weight.shape[1])
-            with torch.no_grad():
-                linear.weight.copy_(module.weight.t())
-                linear.bias.copy_(module.bias)
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, linear)
+    """Replace transformers' ``Conv1D`` (weight stored ``[in, out]``) by the equal ``nn.Linear``, in place."""
+    linear_standins(model, list(model.named_modules()))
     return model
 
 
