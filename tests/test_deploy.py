@@ -208,6 +208,19 @@ def test_static_int8_keeps_an_attention_models_masks_and_softmax_in_float():
     assert errors["auto"] < 0.75 * errors["all"]
 
 
+def test_inductor_int8_deploys_a_transformer_whose_pooler_nothing_reads():
+    """BERT computes its pooler (Linear + Tanh) even when the model returns the token states; the x86
+    quantizer used to fail on that dead partition (IndexError), so no sentence encoder deployed int8."""
+    if torchslim.runtime.unavailable("inductor") is not None:
+        pytest.skip(torchslim.runtime.unavailable("inductor"))
+    from torchslim.runtime import relative_error
+
+    model, x = TinyBertEncoder(), padded_tokens(0)
+    calibration = [(padded_tokens(seed), None) for seed in range(1, 3)]
+    artifact = deploy(model, x, "inductor", precision="int8", train_data=calibration)
+    assert relative_error([artifact(*x)], [model(*x)]) < 0.1
+
+
 def test_an_int8_artifact_far_from_its_model_is_named_in_a_warning():
     from torchslim.runtime import int8_warnings
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import SUBPROCESS_TIMEOUT
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -19,10 +20,11 @@ import torchslim
 from torchslim.demo import digits_loaders
 from torchslim.masks import get_mask, masked_parameters
 from torchslim.plugins.magnitude import MagnitudePruning, cubic_schedule, prune
+from torchslim.plugins.magnitude.admm import admm_prune
+from torchslim.plugins.magnitude.reconstruct import exact_update, output_error, sparsegpt
 from torchslim.targets import HFConv1D
 from torchslim.testing import check_method_plugin, tiny_task
 from torchslim.zoo import MLP, DigitsCNN
-from helpers import SUBPROCESS_TIMEOUT
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -268,6 +270,66 @@ def test_reconstruct_beats_pruning_without_it_on_held_out_data(trained_mlp, digi
     assert accuracy[True] >= accuracy[False] - 0.005, accuracy
 
 
+def correlated_layer(rows: int = 24, cols: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight, gram)``: a random layer and the Gram matrix of correlated, off-centre inputs."""
+    torch.manual_seed(0)
+    x = torch.randn(2000, cols) @ torch.randn(cols, cols) * 0.3 + torch.randn(cols)
+    return torch.randn(rows, cols), x.T @ x
+
+
+def test_exact_update_is_each_rows_least_squares_optimum():
+    weight, gram = correlated_layer()
+    swept, keep = sparsegpt(weight, gram, damp=0.1, count=torch.full((24,), 48))
+    exact = exact_update(swept, weight, keep, gram, damp=0.1)
+    damped = gram.double() + 0.1 * float(gram.diagonal().mean()) * torch.eye(96, dtype=torch.float64)
+    for row in range(24):  # the optimum of each row's own system, solved directly
+        kept = keep[row]
+        direct = torch.linalg.solve(damped[kept][:, kept], (weight[row].double() @ damped)[kept])
+        assert torch.allclose(exact[row, kept].double(), direct, rtol=1e-3, atol=1e-3)
+    assert not exact[~keep].any()
+    assert output_error(exact - weight, gram) < 0.8 * output_error(swept - weight, gram)
+
+
+@pytest.mark.parametrize("how", ["per row", "per tensor", "2:4"])
+def test_admm_prunes_the_asked_counts_and_every_forced_entry(how):
+    weight, gram = correlated_layer()
+    forced = torch.rand(weight.shape, generator=torch.Generator().manual_seed(1)) < 0.1
+    asked = {"per row": {"count": torch.full((24,), 48)}, "per tensor": {"count": 24 * 48},
+             "2:4": {"n_of_m": (2, 4)}}[how]
+    new, keep = admm_prune(weight, gram, damp=0.1, forced=forced, **asked)
+    swept, swept_keep = sparsegpt(weight, gram, damp=0.1, forced=forced, **asked)
+    assert not new[~keep].any() and not keep[forced].any()
+    if how == "per row":
+        assert (keep.sum(1) == 48).all()
+    elif how == "per tensor":
+        assert int(keep.sum()) == 24 * 48
+    else:
+        assert (keep.reshape(24, -1, 4).sum(2) <= 2).all() and int(keep.sum()) == int(swept_keep.sum())
+    assert output_error(new - weight, gram) < output_error(swept - weight, gram)
+
+
+def test_exact_update_and_admm_selection_lower_the_held_out_error(trained_mlp, digits):
+    """What ``update: exact`` and ``selection: admm`` were built for, on data the calibration never saw."""
+    x_train, _, x_test, y_test = digits
+    calibration = [(x_train[i:i + 128],) for i in range(0, 512, 128)]
+    with torch.no_grad():
+        dense = trained_mlp(x_test)
+    errors, accuracy = {}, {}
+    for name, options in {"sweep": {"update": "sweep"}, "exact": {}, "admm": {"selection": "admm"}}.items():
+        model = copy.deepcopy(trained_mlp)
+        result = prune(model, sparsity=0.8, criterion="activation", reconstruct=True, calibration=calibration,
+                       **options)
+        assert result.info["sparsity"] == pytest.approx(0.8, abs=0.01)
+        assert {row["selection"] for row in result.report} == {"admm" if name == "admm" else "sweep"}
+        with torch.no_grad():
+            out = model(x_test)
+        errors[name] = float((out - dense).pow(2).mean())
+        accuracy[name] = float((out.argmax(1) == y_test).float().mean())
+    assert errors["exact"] < 0.5 * errors["sweep"], errors
+    assert errors["admm"] < 0.8 * errors["exact"], errors
+    assert accuracy["exact"] > accuracy["sweep"] + 0.02, accuracy
+
+
 def test_activation_criterion_through_the_engine_uses_calibration_batches(engine):
     task = tiny_task(train_steps=30)
     recipe = {"steps": [{"compress": {"method": "magnitude", "sparsity": 0.5, "criterion": "activation",
@@ -289,7 +351,7 @@ def test_sequential_reconstruct_tracks_the_pruned_inputs_of_later_layers(trained
         model = copy.deepcopy(trained_mlp)
         # the criterion's mask with the light ridge: where the order of calibration matters most
         prune(model, sparsity=0.7, criterion="activation", reconstruct=True, sequential=sequential,
-              selection="score", damp=0.01, calibration=calibration)
+              selection="score", update="sweep", damp=0.01, calibration=calibration)
         with torch.no_grad():
             out = model(x_test)
         errors[sequential] = float((out - dense).pow(2).mean())

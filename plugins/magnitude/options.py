@@ -46,13 +46,23 @@ class MagnitudeOptions(BaseModel):
         description="update the kept weights by least squares on the calibration inputs (SparseGPT's column "
                     "sweep); Linear, transformers' Conv1D, Conv1d and ungrouped Conv2d layers",
     )
-    selection: Literal["sweep", "score"] = Field(
+    selection: Literal["sweep", "admm", "score"] = Field(
         "sweep",
         description="reconstruct: 'sweep' chooses the mask inside the least-squares sweep from the weights the "
                     "earlier columns already updated, by the output error each zero costs (SparseGPT's own "
-                    "selection; per block of 128 columns, per group with N:M); 'score' prunes what the criterion "
-                    "chose and only updates the kept weights. Thresholds and structured patterns always use 'score'",
+                    "selection; per block of 128 columns, per group with N:M); 'admm' chooses it by gradual ADMM "
+                    "(Boža 2024: the zeroed share ramps up over admm_steps least-squares steps and zeros may come "
+                    "back; best quality, about 3-4x the sweep's time; Linear and Conv1D layers, conv layers use "
+                    "'sweep'); 'score' prunes what the criterion chose and only updates the kept weights. "
+                    "Thresholds and structured patterns always use 'score'",
     )
+    update: Literal["exact", "sweep"] = Field(
+        "exact",
+        description="reconstruct: how the kept weights are updated once the mask is fixed: 'exact' solves their "
+                    "least squares (conjugate gradients, all rows at once); 'sweep' keeps SparseGPT's one-pass "
+                    "compensation, where a zero is compensated only by the columns to its right (0.2's behaviour)",
+    )
+    admm_steps: int = Field(60, ge=3, le=1000, description="selection 'admm': least-squares steps per layer")
     allocation: Literal["uniform", "sensitivity", "owl"] = Field(
         "uniform",
         description="per-tensor sparsity with scope 'layer' or 'row': 'uniform' (every tensor at the target), "
@@ -156,5 +166,5 @@ class MagnitudeOptions(BaseModel):
     @property
     def sweeps(self) -> bool:
         """Whether masks are chosen inside the reconstruction sweep."""
-        return (self.reconstruct and self.selection == "sweep" and self.threshold is None
+        return (self.reconstruct and self.selection in ("sweep", "admm") and self.threshold is None
                 and self.pattern != "structured")

@@ -16,10 +16,11 @@ import torch
 from torchslim.errors import ModelError
 from torchslim.masks import get_mask
 
+from .admm import admm_prune
 from .calibration import InputStats, gram_supported, merge_stats
 from .keep import choose_masks
 from .options import MagnitudeOptions
-from .reconstruct import sparsegpt
+from .reconstruct import exact_update, sparsegpt
 from .scores import score_targets
 from .tensors import PrunableTensor
 
@@ -55,7 +56,7 @@ def decide(group: list[PrunableTensor], stats: dict[int, InputStats], opts: Magn
             if result is not None:
                 out.weights[target.name], out.keep[target.name] = result
                 notes[target.name]["reconstructed"] = True
-                notes[target.name]["selection"] = "sweep" if opts.sweeps else "score"
+                notes[target.name]["selection"] = selection_used(target, opts)
     return out
 
 
@@ -84,11 +85,23 @@ def layer_gram(target: PrunableTensor, stats: dict[int, InputStats]) -> torch.Te
     return merged.gram if merged.gram.shape[0] == columns else None
 
 
+def selection_used(target: PrunableTensor, opts: MagnitudeOptions, selection: str | None = None) -> str:
+    """How ``target``'s mask is chosen: ``opts.selection`` (or ``selection``), or 'score' where that cannot
+    run (thresholds, structured patterns, N:M on conv weights, whose groups run over channels rather than
+    the Gram's column order); 'admm' falls back to 'sweep' on conv weights."""
+    selection = selection or opts.selection
+    conv = target.matrix().dim() > 2
+    if not opts.sweeps or selection == "score" or (opts.n_of_m is not None and conv):
+        return "score"
+    return "sweep" if conv else selection
+
+
 def reconstruct(target: PrunableTensor, keep: torch.Tensor | None, stats: dict[int, InputStats],
-                opts: MagnitudeOptions, damp: float | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``(weights, keep)`` for ``target`` by SparseGPT's sweep (``[out, in, ...]`` layout), or None when it
-    has no usable Gram matrix. ``keep`` fixes the mask (``selection: score``) or only how many entries
-    go (``selection: sweep``)."""
+                opts: MagnitudeOptions, damp: float | None = None,
+                selection: str | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(weights, keep)`` for ``target`` (``[out, in, ...]`` layout) by the step's selection and update, or
+    None when it has no usable Gram matrix. ``keep`` fixes the mask (``selection: score``) or only how many
+    entries go (``sweep``, ``admm``); ``selection`` overrides the step's (the allocation probes with the sweep)."""
     gram = None if keep is None else layer_gram(target, stats)
     if gram is None:
         return None
@@ -100,13 +113,16 @@ def reconstruct(target: PrunableTensor, keep: torch.Tensor | None, stats: dict[i
     damp = opts.damp if damp is None else damp
     gram = gram.to(rows.device)
     nm = opts.n_of_m
-    if not opts.sweeps or (nm is not None and weight.dim() > 2):
-        # a fixed mask; N:M groups of a conv run over channels, not over the Gram's column order
+    selection = selection_used(target, opts, selection)
+    if selection == "score":
         new, new_keep = sparsegpt(rows, gram, damp=damp, keep=flat_keep)
-    elif nm is not None:
-        new, new_keep = sparsegpt(rows, gram, damp=damp, n_of_m=nm, forced=forced)
-    elif opts.scope == "row":
-        new, new_keep = sparsegpt(rows, gram, damp=damp, count=(~flat_keep).sum(1), forced=forced)
     else:
-        new, new_keep = sparsegpt(rows, gram, damp=damp, count=int((~flat_keep).sum()), forced=forced)
+        count: int | torch.Tensor | None = None
+        if nm is None:
+            count = (~flat_keep).sum(1) if opts.scope == "row" else int((~flat_keep).sum())
+        prune = admm_prune if selection == "admm" else sparsegpt
+        extra = {"steps": opts.admm_steps} if selection == "admm" else {}
+        new, new_keep = prune(rows, gram, damp=damp, count=count, n_of_m=nm, forced=forced, **extra)
+    if opts.update == "exact" and selection != "admm":  # admm ends with the exact solve
+        new = exact_update(new, rows, new_keep, gram, damp=damp)
     return new.reshape(weight.shape), new_keep.reshape(weight.shape)

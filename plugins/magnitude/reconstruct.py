@@ -12,6 +12,10 @@ SparseGPT does: block by block from the weights *already updated* by the earlier
 saliency ``w^2 / [H^-1]_ii`` (the output error that zeroing ``w`` costs), and for N:M patterns group
 by group at the group's first column. The sweep then prunes what is cheapest *after* compensation,
 which a score computed up front cannot know.
+
+The sweep compensates each zero only with the columns to its right, so its weights are not the
+least-squares optimum of the mask it ends with; :func:`exact_update` solves that optimum (the step's
+``update: exact``, the default).
 """
 
 from __future__ import annotations
@@ -140,3 +144,43 @@ def _n_of_m(score: torch.Tensor, forced: torch.Tensor, n_of_m: tuple[int, int]) 
     score = score.masked_fill(forced, float("-inf"))
     lowest = score.topk(m - n, dim=1, largest=False).indices
     return torch.zeros_like(forced).scatter_(1, lowest, True) | forced
+
+
+def exact_update(pruned: torch.Tensor, original: torch.Tensor, keep: torch.Tensor, gram: torch.Tensor,
+                 damp: float = 0.1, steps: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """The kept weights that minimise ``(w - w')^T H (w - w')`` exactly for a fixed mask, from ``pruned``.
+
+    SparseGPT's sweep compensates a zeroed weight only with the columns to its right, so its result is
+    not the least-squares optimum of its own mask (Boža, 2024). Each row's restricted system
+    ``H_SS w'_S = (H w)_S`` is solved here by conjugate gradients on all rows at once (one
+    ``[rows, cols] x [cols, cols]`` product per step, Jacobi-preconditioned), warm-started from
+    ``pruned``; ``H`` gets the same relative damping as the sweep. Returns ``[rows, cols]`` in
+    ``pruned``'s dtype, exactly 0 where ``keep`` is False.
+    """
+    H = gram.to(torch.float32).clone()
+    diag = H.diagonal()
+    diag[diag <= 0] = 1.0
+    diag += damp * float(diag.mean())
+    mask = keep.to(torch.float32)
+    inv_diag = 1.0 / H.diagonal()
+    x = pruned.detach().to(torch.float32) * mask
+    b = (original.detach().to(torch.float32) @ H) * mask
+    r = b - (x @ H) * mask
+    z = r * inv_diag
+    p = z.clone()
+    rz = (r * z).sum(1, keepdim=True)
+    start = float(rz.abs().sum())
+    for _ in range(steps):
+        if float(rz.abs().sum()) <= tol * max(start, 1e-30):
+            break
+        Ap = (p @ H) * mask
+        alpha = rz / (p * Ap).sum(1, keepdim=True).clamp_min(1e-30)
+        x += alpha * p
+        r -= alpha * Ap
+        z = r * inv_diag
+        new_rz = (r * z).sum(1, keepdim=True)
+        p = z + (new_rz / rz.clamp_min(1e-30)) * p
+        rz = new_rz
+    return (x * mask).to(pruned.dtype)
+
+

@@ -50,6 +50,18 @@ _STATELESS = {f"{c.__module__}.{c.__qualname__}" for c in (
     nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU)}
 
 
+def without_dead_code(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``graph_module`` with the nodes whose results nothing reads removed, in place.
+
+    ``torch.export`` keeps computations the outputs never read, such as BERT's pooler under a model that
+    returns the token states; the x86 quantizer then meets a Linear + Tanh partition with no output node
+    and fails (``IndexError`` in ``_get_output_nodes_of_partitions``).
+    """
+    graph_module.graph.eliminate_dead_code()
+    graph_module.recompile()
+    return graph_module
+
+
 def one_partition_per_call(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Give every call of a reused activation module its own source partition, in place.
 
@@ -128,7 +140,7 @@ def exported(model: nn.Module, inputs: tuple[torch.Tensor, ...], options: Induct
             program = torch.export.export(model, inputs)
             prepare_pt2e, convert_pt2e, quantizer_cls, config = _pt2e()
             quantizer = quantizer_cls().set_global(config())
-            observed = prepare_pt2e(one_partition_per_call(program.module()), quantizer)
+            observed = prepare_pt2e(one_partition_per_call(without_dead_code(program.module())), quantizer)
             for batch_inputs in calibration_inputs(context, options.calibration_batches, where):
                 in_chunks(observed, batch_inputs, int(inputs[0].shape[0]))
             quantized = convert_pt2e(observed)
