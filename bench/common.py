@@ -1,9 +1,11 @@
-"""What the benchmark scripts share: the thread count they time with, writing their JSON, MiniLM's wrapper."""
+"""What the benchmark scripts share: the thread count they time with, writing their JSON, MiniLM's wrapper, the
+resident-set sampler that gives a step's peak memory."""
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +41,35 @@ class SentenceEncoder(nn.Module):
         if token_type_ids is not None:
             features["token_type_ids"] = token_type_ids
         return self.st(features)["sentence_embedding"]
+
+
+class RssSampler:
+    """The resident set's peak above its size at entry, sampled every 5 ms from /proc/self/statm."""
+
+    def __init__(self) -> None:
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peak = self.base = 0
+        self.stop = threading.Event()
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.005):
+            self.peak = max(self.peak, self.rss())
+
+    def __enter__(self) -> "RssSampler":
+        self.base = self.peak = self.rss()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.rss())
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak - self.base) / 2 ** 20

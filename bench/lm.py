@@ -29,13 +29,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from common import bench_threads, write_json  # bench/ is the script's own folder
+from common import RssSampler, bench_threads, write_json  # bench/ is the script's own folder
 from texts import documents
 from torch import nn
 
@@ -157,38 +156,6 @@ def rss_probe(folder: str, sequential: bool) -> None:
     with sampler:
         torchslim.Engine().run(model, {"steps": [step], "evaluate": []}, train_data=calib)
     print(json.dumps({"peak_growth_mb": sampler.growth_mb, "seconds": time.perf_counter() - start}))
-
-
-class RssSampler:
-    """The resident set's peak above its size at entry, sampled every 5 ms from /proc/self/statm."""
-
-    def __init__(self) -> None:
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.peak = self.base = 0
-        self.stop = threading.Event()
-
-    def rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self.page
-
-    def _watch(self) -> None:
-        while not self.stop.wait(0.005):
-            self.peak = max(self.peak, self.rss())
-
-    def __enter__(self) -> "RssSampler":
-        self.base = self.peak = self.rss()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
-        self.peak = max(self.peak, self.rss())
-
-    @property
-    def growth_mb(self) -> float:
-        return (self.peak - self.base) / 2 ** 20
 
 
 def peak_memory(model: nn.Module, calib: list[dict[str, torch.Tensor]], cfg: dict[str, Any]) -> dict[str, Any]:

