@@ -5,6 +5,8 @@ reconstruction, ``svd``'s data-aware factors).
 - :mod:`.blocks`: a model's repeated blocks and :class:`BlockStream`, which runs calibration batches
   through them one block at a time, so a method can compress block ``i`` and calibrate block ``i + 1``
   on the compressed model's own activations while holding one block's activations;
+- :mod:`.spill`: where the stream keeps each batch's hidden states: in memory up to a limit, then in a
+  temporary folder, so more calibration tokens cost disk rather than memory;
 - :mod:`.shares`: each rank's share of the calibration batches under torchrun and the sum of
   statistics over ranks, so calibration scales across processes as fine-tuning does.
 """

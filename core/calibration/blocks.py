@@ -6,8 +6,10 @@ already compressed blocks ``0 .. i-1`` produce. :class:`BlockStream` does the ru
 what the first block receives for every calibration batch (the hidden states plus the other
 arguments, such as the attention mask), then runs one block at a time over those stored inputs and,
 when asked, replaces them by the block's outputs. Its memory is the model plus one block's input
-activations for the calibration set (``tokens x width`` floats), whatever the depth; the cost is two
-passes of each block over the calibration set instead of a forward pass per block group.
+activations for the calibration set (``tokens x width`` floats), whatever the depth, and those only up
+to ``$TORCHSLIM_CALIBRATION_MB`` (default 1024 MB): beyond it they go to a temporary folder
+(:class:`~.spill.HiddenStore`). The cost is two passes of each block over the calibration set instead
+of a forward pass per block group.
 
 The block structure is found, not declared: :func:`find_blocks` takes the ``nn.ModuleList`` of two or
 more blocks of one class holding the most parameters, and :meth:`BlockStream.open` checks on the
@@ -27,6 +29,7 @@ from torch import nn
 
 from ..batches import call_model, first_tensor
 from ..measure import eval_mode
+from .spill import HiddenStore
 from .tokens import token_mask
 
 log = logging.getLogger("torchslim")
@@ -88,15 +91,16 @@ class BlockStream:
     """The calibration batches' activations at one depth of the model, advanced block by block.
 
     Build it with :meth:`open`. ``inputs[b]`` holds, for batch ``b``, the arguments of the next block
-    to run; :meth:`run` runs a block over every batch (calling ``on_batch(token_mask)`` first, so
-    statistics hooks know which rows are real tokens) and, with ``advance=True``, keeps its outputs
-    as the next block's inputs.
+    to run with the hidden states left out (``None``), and ``hidden`` those hidden states; :meth:`run`
+    runs a block over every batch (calling ``on_batch(token_mask)`` first, so statistics hooks know
+    which rows are real tokens) and, with ``advance=True``, keeps its outputs as the next block's inputs.
     """
 
     def __init__(self, model: nn.Module, name: str, blocks: list[nn.Module],
-                 inputs: list[tuple[list[Any], dict[str, Any]]], masks: list[torch.Tensor | None]) -> None:
+                 inputs: list[tuple[list[Any], dict[str, Any]]], hidden: HiddenStore,
+                 masks: list[torch.Tensor | None]) -> None:
         self.model, self.name, self.blocks = model, name, blocks
-        self.inputs, self.masks = inputs, masks
+        self.inputs, self.hidden, self.masks = inputs, hidden, masks
 
     @classmethod
     def open(cls, model: nn.Module, batches: Iterable[Any]) -> "BlockStream | None":
@@ -112,7 +116,7 @@ class BlockStream:
         if why is not None:
             log.info("sequential calibration by blocks is off for %s: %s", name, why)
             return None
-        inputs, masks = [], []
+        inputs, masks, hidden = [], [], HiddenStore()
         captured: list[tuple[tuple, dict]] = []
 
         def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -127,12 +131,13 @@ class BlockStream:
                         call_model(model, batch)
                     except _Stop:
                         pass
-                    args, kwargs = captured.pop()
-                    inputs.append(_clean(args, kwargs))
+                    args, kwargs = _clean(*captured.pop())
+                    hidden.append(_swap_hidden(args, kwargs, None))
+                    inputs.append((args, kwargs))
                     masks.append(token_mask(batch))
         finally:
             handle.remove()
-        return cls(model, name, blocks, inputs, masks)
+        return cls(model, name, blocks, inputs, hidden, masks)
 
     def inside(self, module: nn.Module) -> int | None:
         """The index of the block holding ``module``, or None when it is outside every block."""
@@ -146,25 +151,39 @@ class BlockStream:
         """Run block ``index`` over every batch (eval mode, no gradients); keep its outputs with ``advance``."""
         block = self.blocks[index]
         with eval_mode(self.model), torch.no_grad():
-            for b, (args, kwargs) in enumerate(self.inputs):
+            for b in range(len(self.inputs)):
                 if on_batch is not None:
                     on_batch(self.masks[b])
+                args, kwargs = self.batch_inputs(b)
                 out = block(*args, **kwargs)
+                del args, kwargs
                 if advance:
-                    hidden = first_tensor(out)
-                    if args:
-                        args[0] = hidden
-                    else:
-                        kwargs["hidden_states"] = hidden
+                    self.hidden.put(b, first_tensor(out))
                 del out
+
+    def batch_inputs(self, index: int) -> tuple[list[Any], dict[str, Any]]:
+        """``(args, kwargs)`` the next block takes for batch ``index``, hidden states included (copies of
+        the containers: the stream's own stay without them)."""
+        args, kwargs = list(self.inputs[index][0]), dict(self.inputs[index][1])
+        _swap_hidden(args, kwargs, self.hidden.get(index))
+        return args, kwargs
 
     def tokens(self) -> int:
         """Real tokens (rows) in the stream: what the statistics count."""
         total = 0
-        for (args, kwargs), mask in zip(self.inputs, self.masks):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            total += int(mask.sum()) if mask is not None else hidden.shape[:-1].numel()
+        for b, mask in enumerate(self.masks):
+            total += int(mask.sum()) if mask is not None else self.hidden.get(b).shape[:-1].numel()
         return total
+
+
+def _swap_hidden(args: list[Any], kwargs: dict[str, Any], value: torch.Tensor | None) -> torch.Tensor:
+    """Put ``value`` where a block takes its hidden states (first argument, or ``hidden_states``) and
+    return what was there."""
+    if args:
+        old, args[0] = args[0], value
+    else:
+        old, kwargs["hidden_states"] = kwargs.get("hidden_states"), value
+    return old
 
 
 def _check_chain(model: nn.Module, blocks: list[nn.Module], batch: Any) -> str | None:

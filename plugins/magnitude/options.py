@@ -78,7 +78,8 @@ class MagnitudeOptions(BaseModel):
         True,
         description="reconstruct: prune in forward order, each layer calibrated on the outputs of the layers "
                     "already pruned (as SparseGPT): block by block for models built of repeated blocks "
-                    "(transformers; memory: the model plus one block's calibration activations), else layer group "
+                    "(transformers; memory: the model plus one block's calibration activations, those beyond "
+                    "$TORCHSLIM_CALIBRATION_MB, default 1024, kept in a temporary folder), else layer group "
                     "by group; off: all layers from the unpruned model's inputs",
     )
     calibration_batches: int = Field(

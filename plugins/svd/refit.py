@@ -126,17 +126,17 @@ def _refit_block(model: nn.Module, block: nn.Module, dense: BlockStream, factore
     probe = _Capture(inside)
     _swap(model, originals)
     with probe:
-        _run(block, dense.inputs[0], probe, dense.masks[0])
+        _run(block, dense.batch_inputs(0), probe, dense.masks[0])
     for group in _groups(probe.order):
         sums: dict[str, list[torch.Tensor]] = {}
         watched = {name: inside[name] for name in group}
         for b in range(len(dense.inputs)):
             _swap(model, originals)
             with _Capture(watched) as cap_dense:
-                _run(block, dense.inputs[b], cap_dense, dense.masks[b])
+                _run(block, dense.batch_inputs(b), cap_dense, dense.masks[b])
             _swap(model, built)
             with _Capture(watched) as cap_factored:
-                _run(block, factored.inputs[b], cap_factored, factored.masks[b])
+                _run(block, factored.batch_inputs(b), cap_factored, factored.masks[b])
             for name in group:
                 x, x2 = cap_dense.inputs.get(name), cap_factored.inputs.get(name)
                 if x is None or x2 is None or x.shape != x2.shape:
