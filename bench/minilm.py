@@ -69,7 +69,8 @@ def variants(quick: bool) -> dict[str, tuple[dict[str, Any], float | None]]:
     if quick:
         for name in ("50%, activation, row", "50%, activation, row, reconstruct, owl",
                      "50%, activation, row, reconstruct, sensitivity", "50%, activation, row, reconstruct, admm",
-                     "2:4, activation, reconstruct, admm", "50%, activation, row, reconstruct (0.2: sweep update)"):
+                     "2:4, activation, reconstruct, admm", "50%, activation, row, reconstruct (0.2: sweep update)",
+                     "50%, activation, row, reconstruct, admm, sensitivity"):
             rows.pop(name)
     return rows
 
