@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .reconstruct import exact_update
+from .reconstruct import exact_update, prepared_gram
 from .select import prune_lowest
 
 
@@ -38,10 +38,8 @@ def admm_prune(weight: torch.Tensor, gram: torch.Tensor, *, damp: float = 0.1,
     if (count is None) == (n_of_m is None):
         raise ValueError("admm_prune: give count or n_of_m")
     rows, cols = weight.shape
-    H = gram.to(torch.float64).clone()
-    diag = H.diagonal()
-    diag[diag <= 0] = 1.0  # inputs that never fire: their weights cost nothing to zero
-    H /= float(diag.mean())
+    H, scale = prepared_gram(gram, torch.float64)
+    H /= scale
     H.diagonal().add_(damp)
     evals, Q = (t.to(torch.float32) for t in torch.linalg.eigh(H))
     H = H.to(torch.float32)

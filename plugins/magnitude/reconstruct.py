@@ -23,17 +23,23 @@ from __future__ import annotations
 import torch
 
 
-def inverse_hessian_factor(gram: torch.Tensor, damp: float) -> torch.Tensor:
-    """Upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1``; raises the damping until it works.
+def prepared_gram(gram: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, float]:
+    """``(H, scale)``: a copy of ``gram`` in ``dtype`` with a unit diagonal for inputs that never fire,
+    and the mean of its diagonal, the unit every damping here is relative to.
 
-    Inputs that never fire (zero diagonal) get a unit diagonal so ``H`` stays invertible; their
-    weights then receive no error, which is right because they never affect the output.
+    Inputs that never fire (zero diagonal) get a unit diagonal so ``H`` stays invertible; their weights
+    then receive no error, which is right because they never affect the output.
     """
-    H = gram.double().clone()
+    H = gram.to(dtype).clone()
     diag = H.diagonal()
-    dead = diag <= 0
-    diag[dead] = 1.0
-    scale = float(diag.mean())
+    diag[diag <= 0] = 1.0
+    return H, float(diag.mean())
+
+
+def inverse_hessian_factor(gram: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of ``(H + damp * mean(diag H) * I)^-1`` (``H`` from :func:`prepared_gram`);
+    raises the damping until it works."""
+    H, scale = prepared_gram(gram, torch.float64)
     eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     factor = max(damp, 1e-8)
     for _ in range(8):
@@ -157,10 +163,8 @@ def exact_update(pruned: torch.Tensor, original: torch.Tensor, keep: torch.Tenso
     ``pruned``; ``H`` gets the same relative damping as the sweep. Returns ``[rows, cols]`` in
     ``pruned``'s dtype, exactly 0 where ``keep`` is False.
     """
-    H = gram.to(torch.float32).clone()
-    diag = H.diagonal()
-    diag[diag <= 0] = 1.0
-    diag += damp * float(diag.mean())
+    H, scale = prepared_gram(gram, torch.float32)
+    H.diagonal().add_(damp * scale)
     mask = keep.to(torch.float32)
     inv_diag = 1.0 / H.diagonal()
     x = pruned.detach().to(torch.float32) * mask
@@ -182,5 +186,3 @@ def exact_update(pruned: torch.Tensor, original: torch.Tensor, keep: torch.Tenso
         p = z + (new_rz / rz.clamp_min(1e-30)) * p
         rz = new_rz
     return (x * mask).to(pruned.dtype)
-
-
