@@ -5,6 +5,8 @@ reconstruction, ``svd``'s data-aware factors).
 - :mod:`.blocks`: a model's repeated blocks and :class:`BlockStream`, which runs calibration batches
   through them one block at a time, so a method can compress block ``i`` and calibrate block ``i + 1``
   on the compressed model's own activations while holding one block's activations;
+- :mod:`.paired`: a dense and a compressed stream side by side, and the paired statistics that let a
+  layer's reconstruction undo the drift of its inputs and of the residual stream around it;
 - :mod:`.spill`: where the stream keeps each batch's hidden states: in memory up to a limit, then in a
   temporary folder, so more calibration tokens cost disk rather than memory;
 - :mod:`.shares`: each rank's share of the calibration batches under torchrun and the sum of
@@ -14,7 +16,9 @@ reconstruction, ``svd``'s data-aware factors).
 from __future__ import annotations
 
 from .blocks import BlockStream, find_blocks
+from .paired import PairedBlocks, PairedStats, layer_groups, paired_stats, sum_points
 from .shares import calibration_share, sum_over_ranks
 from .tokens import feature_rows, token_mask
 
-__all__ = ["BlockStream", "calibration_share", "feature_rows", "find_blocks", "sum_over_ranks", "token_mask"]
+__all__ = ["BlockStream", "PairedBlocks", "PairedStats", "calibration_share", "feature_rows", "find_blocks",
+           "layer_groups", "paired_stats", "sum_over_ranks", "sum_points", "token_mask"]

@@ -147,10 +147,11 @@ class BlockStream:
         return None
 
     def run(self, index: int, on_batch: Callable[[torch.Tensor | None], None] | None = None,
-            advance: bool = False) -> None:
-        """Run block ``index`` over every batch (eval mode, no gradients); keep its outputs with ``advance``."""
-        block = self.blocks[index]
-        with eval_mode(self.model), torch.no_grad():
+            advance: bool = False, block: nn.Module | None = None) -> None:
+        """Run block ``index`` (or ``block`` in its place, e.g. a copy kept dense) over every batch (eval
+        mode, no gradients); keep its outputs with ``advance``."""
+        block = self.blocks[index] if block is None else block
+        with eval_mode(self.model), eval_mode(block), torch.no_grad():
             for b in range(len(self.inputs)):
                 if on_batch is not None:
                     on_batch(self.masks[b])

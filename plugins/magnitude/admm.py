@@ -27,7 +27,7 @@ from .select import prune_lowest
 def admm_prune(weight: torch.Tensor, gram: torch.Tensor, *, damp: float = 0.1,
                count: int | torch.Tensor | None = None, n_of_m: tuple[int, int] | None = None,
                forced: torch.Tensor | None = None, steps: int = 60, ramp: float = 2 / 3, rho: float = 0.1,
-               growth: float = 1.3, every: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+               growth: float = 1.3, every: int = 3, rhs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(weights, keep)``: ``weight`` (``[rows, cols]``) pruned by gradual ADMM and compensated.
 
     As :func:`.reconstruct.sparsegpt`: ``count`` prunes that many entries (an int over the matrix, or a
@@ -45,7 +45,7 @@ def admm_prune(weight: torch.Tensor, gram: torch.Tensor, *, damp: float = 0.1,
     H = H.to(torch.float32)
     saliency = H.diagonal()
     W0 = weight.detach().to(torch.float32)
-    target = W0 @ H
+    target = W0 @ H if rhs is None else (rhs.to(torch.float64) / scale).to(torch.float32) + damp * W0
     Z, U = W0.clone(), torch.zeros_like(W0)
     ramp_steps = min(steps, max(1, round(ramp * steps)))
     keep = torch.ones_like(W0, dtype=torch.bool)
@@ -58,7 +58,7 @@ def admm_prune(weight: torch.Tensor, gram: torch.Tensor, *, damp: float = 0.1,
         keep = _keep(V.pow(2) * saliency, share, count, n_of_m, forced)
         Z = V * keep
         U += W - Z
-    return exact_update(Z, W0, keep, gram, damp=damp).to(weight.dtype), keep  # the last step's share is 1
+    return exact_update(Z, W0, keep, gram, damp=damp, rhs=rhs).to(weight.dtype), keep  # the last step's share is 1
 
 
 def _keep(score: torch.Tensor, share: float, count: int | torch.Tensor | None,

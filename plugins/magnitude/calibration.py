@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchslim.batches import call_model
-from torchslim.calibration import feature_rows, sum_over_ranks, token_mask
+from torchslim.calibration import PairedStats, feature_rows, sum_over_ranks, token_mask
 from torchslim.errors import DataError
 from torchslim.targets import HFConv1D, is_transposed_linear
 
@@ -35,11 +35,14 @@ def _linear_like(module: nn.Module) -> bool:
 
 @dataclass
 class InputStats:
-    """Per-layer input statistics: ``sumsq`` per input channel/feature, optional ``gram``, row count."""
+    """Per-layer input statistics: ``sumsq`` per input channel/feature, optional ``gram``, row count, and
+    with a dense stream beside the pruned one (``match``), the :class:`PairedStats` of the reconstruction
+    target."""
 
     sumsq: torch.Tensor
     gram: torch.Tensor | None
     rows: int = 0
+    paired: PairedStats | None = None
 
     def add(self, other: "InputStats") -> None:
         """Add another batch's (or holder's) statistics of the same layout."""

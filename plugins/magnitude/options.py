@@ -62,6 +62,17 @@ class MagnitudeOptions(BaseModel):
                     "least squares (conjugate gradients, all rows at once); 'sweep' keeps SparseGPT's one-pass "
                     "compensation, where a zero is compensated only by the columns to its right (0.2's behaviour)",
     )
+    match: Literal["stream", "dense", "layer"] = Field(
+        "stream",
+        description="reconstruct, sequential by blocks: what each layer's updated weights reproduce on the pruned "
+                    "model's inputs: 'layer' its own outputs (SparseGPT; the drift already in its inputs stays); "
+                    "'dense' the dense model's outputs of that layer, from a dense copy of the calibration "
+                    "activations run beside the pruned one (asymmetric calibration, GPTAQ); 'stream' as 'dense', "
+                    "and a layer whose output is added into the residual stream (attention output, last MLP "
+                    "projection; found by probing) also takes out the residual's drift at that sum. Layers are "
+                    "then pruned group by group inside each block (q/k/v, attention output, MLP in, MLP out). "
+                    "Needs update 'exact'; without repeated blocks, 'layer' is used",
+    )
     admm_steps: int = Field(60, ge=3, le=1000, description="selection 'admm': least-squares steps per layer")
     allocation: Literal["uniform", "sensitivity", "owl"] = Field(
         "uniform",
@@ -143,6 +154,8 @@ class MagnitudeOptions(BaseModel):
             raise ValueError("rounds > 1 follows a sparsity schedule; use sparsity instead of threshold")
         if self.between is not None and self.rounds == 1:
             raise ValueError("between runs between rounds; set rounds > 1 or remove it")
+        if self.update == "sweep" and "match" in given and self.match != "layer":
+            raise ValueError(f"match {self.match!r} is solved by the exact update; set update 'exact' or match 'layer'")
         if self.allocation != "uniform":
             if self.pattern != "unstructured" or self.scope == "global" or self.threshold is not None:
                 raise ValueError(f"allocation {self.allocation!r} spreads a sparsity target over tensors: use it "
@@ -158,6 +171,11 @@ class MagnitudeOptions(BaseModel):
     @property
     def needs_calibration(self) -> bool:
         return self.criterion == "activation" or self.reconstruct or self.allocation != "uniform"
+
+    @property
+    def paired(self) -> bool:
+        """Whether sequential reconstruction runs a dense stream beside the pruned one (``match`` not 'layer')."""
+        return self.reconstruct and self.sequential and self.update == "exact" and self.match != "layer"
 
     @property
     def needs_gram(self) -> bool:

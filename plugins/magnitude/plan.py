@@ -85,6 +85,15 @@ def layer_gram(target: PrunableTensor, stats: dict[int, InputStats]) -> torch.Te
     return merged.gram if merged.gram.shape[0] == columns else None
 
 
+def layer_rhs(target: PrunableTensor, stats: dict[int, InputStats], rows: torch.Tensor) -> torch.Tensor | None:
+    """``T X'^T`` for ``target``'s weight rows when its statistics carry a paired target (``match``), else
+    None (the layer's own outputs: ``W H``). Tied tensors with several holders keep their own outputs."""
+    entries = [stats.get(id(m)) for _, m, _ in target.holders]
+    if len(entries) != 1 or entries[0] is None or entries[0].paired is None:
+        return None
+    return entries[0].paired.rhs(rows.double()).to(rows.device)
+
+
 def selection_used(target: PrunableTensor, opts: MagnitudeOptions) -> str:
     """How ``target``'s mask is chosen: ``opts.selection``, or 'score' where that cannot run (thresholds,
     structured patterns, N:M on conv weights, whose groups run over channels rather than the Gram's column
@@ -111,6 +120,7 @@ def reconstruct(target: PrunableTensor, keep: torch.Tensor | None, stats: dict[i
     forced = None if existing is None else ~target.canonical(existing).reshape(rows.shape).to(rows.device)
     damp = opts.damp if damp is None else damp
     gram = gram.to(rows.device)
+    rhs = layer_rhs(target, stats, rows)
     nm = opts.n_of_m
     selection = selection_used(target, opts)
     if selection == "score":
@@ -120,8 +130,8 @@ def reconstruct(target: PrunableTensor, keep: torch.Tensor | None, stats: dict[i
         if nm is None:
             count = (~flat_keep).sum(1) if opts.scope == "row" else int((~flat_keep).sum())
         prune = admm_prune if selection == "admm" else sparsegpt
-        extra = {"steps": opts.admm_steps} if selection == "admm" else {}
+        extra = {"steps": opts.admm_steps, "rhs": rhs} if selection == "admm" else {}
         new, new_keep = prune(rows, gram, damp=damp, count=count, n_of_m=nm, forced=forced, **extra)
     if opts.update == "exact" and selection != "admm":  # admm ends with the exact solve
-        new = exact_update(new, rows, new_keep, gram, damp=damp)
+        new = exact_update(new, rows, new_keep, gram, damp=damp, rhs=rhs)
     return new.reshape(weight.shape), new_keep.reshape(weight.shape)

@@ -153,22 +153,26 @@ def _n_of_m(score: torch.Tensor, forced: torch.Tensor, n_of_m: tuple[int, int]) 
 
 
 def exact_update(pruned: torch.Tensor, original: torch.Tensor, keep: torch.Tensor, gram: torch.Tensor,
-                 damp: float = 0.1, steps: int = 100, tol: float = 1e-6) -> torch.Tensor:
+                 damp: float = 0.1, steps: int = 100, tol: float = 1e-6,
+                 rhs: torch.Tensor | None = None) -> torch.Tensor:
     """The kept weights that minimise ``(w - w')^T H (w - w')`` exactly for a fixed mask, from ``pruned``.
 
     SparseGPT's sweep compensates a zeroed weight only with the columns to its right, so its result is
     not the least-squares optimum of its own mask (Boža, 2024). Each row's restricted system
     ``H_SS w'_S = (H w)_S`` is solved here by conjugate gradients on all rows at once (one
     ``[rows, cols] x [cols, cols]`` product per step, Jacobi-preconditioned), warm-started from
-    ``pruned``; ``H`` gets the same relative damping as the sweep. Returns ``[rows, cols]`` in
-    ``pruned``'s dtype, exactly 0 where ``keep`` is False.
+    ``pruned``; ``H`` gets the same relative damping as the sweep. ``rhs`` (``T X^T``, from
+    :class:`~torchslim.calibration.PairedStats`) replaces the target ``W X`` by another output ``T`` on
+    the same inputs (the dense model's); the damping still pulls toward ``original``. Returns
+    ``[rows, cols]`` in ``pruned``'s dtype, exactly 0 where ``keep`` is False.
     """
     H, scale = prepared_gram(gram, torch.float32)
     H.diagonal().add_(damp * scale)
     mask = keep.to(torch.float32)
     inv_diag = 1.0 / H.diagonal()
     x = pruned.detach().to(torch.float32) * mask
-    b = (original.detach().to(torch.float32) @ H) * mask
+    W0 = original.detach().to(torch.float32)
+    b = (W0 @ H if rhs is None else rhs.to(torch.float32) + damp * scale * W0) * mask
     r = b - (x @ H) * mask
     z = r * inv_diag
     p = z.clone()

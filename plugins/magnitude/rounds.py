@@ -7,7 +7,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from torchslim.calibration import BlockStream, calibration_share
+from torchslim.calibration import BlockStream, PairedBlocks, calibration_share
 from torchslim.context import RunContext
 from torchslim.masks import get_mask
 
@@ -18,7 +18,7 @@ from .keep import choose_masks
 from .options import MagnitudeOptions
 from .plan import decide
 from .scores import score_targets
-from .sequential import Groups, all_at_once, by_blocks, by_groups, gather
+from .sequential import Groups, all_at_once, by_blocks, by_groups, by_paired_blocks, gather
 from .tensors import PrunableTensor
 
 Round = tuple[list[tuple[str, str]], dict[str, dict[str, Any]], bool, dict[str, Any]]
@@ -37,7 +37,9 @@ def prune_round(model: nn.Module, found: list[PrunableTensor], opts: MagnitudeOp
     masks off.
     """
     batches, sharded = _calibration(opts, context, calibration)
-    stream = BlockStream.open(model, batches) if opts.reconstruct and opts.sequential and batches else None
+    blocks_wanted = opts.reconstruct and opts.sequential and bool(batches)
+    paired = PairedBlocks.open(model, batches) if blocks_wanted and opts.paired else None
+    stream = paired.compressed if paired is not None else (BlockStream.open(model, batches) if blocks_wanted else None)
     dense, trace = _dense_stats(model, found, opts, batches, sharded, stream)
     fractions, info = allocate(model, found, dense, opts, fraction, batches) if fraction is not None else ({}, {})
     notes: dict[str, dict[str, Any]] = {}
@@ -46,7 +48,7 @@ def prune_round(model: nn.Module, found: list[PrunableTensor], opts: MagnitudeOp
     if sequential and opts.scope == "global" and opts.threshold is None and opts.n_of_m is None:
         # one ranking over all layers needs every score now: masks (or counts) from this pass
         preset, skipped, exact = choose_masks(found, score_targets(found, opts, dense, notes), opts, fraction)
-    groups = _groups(model, found, opts, batches, sharded, stream, dense, trace)
+    groups = _groups(model, found, opts, batches, sharded, stream, dense, trace, paired)
     masked = _apply_groups(groups, opts, fraction, notes, preset, fractions, skipped)
     exact = exact and masked.exact
     for target in masked.targets:  # the masks hold: make the stored values sparse too
@@ -56,6 +58,7 @@ def prune_round(model: nn.Module, found: list[PrunableTensor], opts: MagnitudeOp
                  ("layer groups" if sequential else "off")})
     if stream is not None:
         info["calibration_tokens"] = stream.tokens()
+        info["match"] = opts.match if paired is not None else "layer"
     return skipped, notes, exact, info
 
 
@@ -110,7 +113,10 @@ def _dense_stats(model: nn.Module, found: list[PrunableTensor], opts: MagnitudeO
 
 
 def _groups(model: nn.Module, found: list[PrunableTensor], opts: MagnitudeOptions, batches: list[Any],
-            sharded: bool, stream: BlockStream | None, dense: dict[int, InputStats], trace: Trace | None) -> Groups:
+            sharded: bool, stream: BlockStream | None, dense: dict[int, InputStats], trace: Trace | None,
+            paired: PairedBlocks | None) -> Groups:
+    if paired is not None:
+        return by_paired_blocks(model, found, paired, batches, opts.match, sharded)
     if stream is not None:
         return by_blocks(model, found, stream, batches, opts.reconstruct, sharded)
     if opts.reconstruct and opts.sequential and trace is not None:

@@ -7,6 +7,9 @@ sequential order calibrates every group on the outputs of the groups already pru
 - :func:`by_blocks`: block by block through a :class:`~torchslim.calibration.BlockStream` (models of
   repeated blocks: the model plus one block's activations in memory, two passes of each block), then
   the tensors outside the blocks (a head, a pooler) from one last pass of the whole model;
+- :func:`by_paired_blocks`: as :func:`by_blocks` with a dense stream beside the pruned one
+  (:class:`~torchslim.calibration.PairedBlocks`), layer group by layer group inside each block, each
+  layer's statistics carrying the target the step's ``match`` asks for;
 - :func:`by_groups`: layer group by layer group in forward order (layers fed one input together),
   each from a pass of the model cut short after the group (any model; a pass per group).
 
@@ -19,7 +22,7 @@ from typing import Any, Iterator
 
 from torch import nn
 
-from torchslim.calibration import BlockStream
+from torchslim.calibration import BlockStream, PairedBlocks, layer_groups, paired_stats, sum_points
 
 from .calibration import InputStats, StatsHooks, Trace, collect_input_stats, sum_stats
 from .tensors import PrunableTensor
@@ -45,14 +48,21 @@ def all_at_once(found: list[PrunableTensor], stats: dict[int, InputStats]) -> Gr
     yield found, stats
 
 
-def by_blocks(model: nn.Module, found: list[PrunableTensor], stream: BlockStream, batches: list[Any],
-              gram: bool, sharded: bool) -> Groups:
-    """Block by block on the pruned model's own activations, then the tensors outside the blocks."""
+def _by_block(found: list[PrunableTensor], stream: BlockStream
+              ) -> tuple[dict[int, list[PrunableTensor]], list[PrunableTensor]]:
+    """The targets of each block (by index), and those outside every block (biases included)."""
     per_block: dict[int, list[PrunableTensor]] = {}
     outside: list[PrunableTensor] = []
     for target in found:
         index = stream.inside(target.module)
         (outside if index is None or target.is_bias else per_block.setdefault(index, [])).append(target)
+    return per_block, outside
+
+
+def by_blocks(model: nn.Module, found: list[PrunableTensor], stream: BlockStream, batches: list[Any],
+              gram: bool, sharded: bool) -> Groups:
+    """Block by block on the pruned model's own activations, then the tensors outside the blocks."""
+    per_block, outside = _by_block(found, stream)
     for index in range(len(stream.blocks)):
         group = per_block.get(index)
         if group:
@@ -67,6 +77,34 @@ def by_blocks(model: nn.Module, found: list[PrunableTensor], stream: BlockStream
             stream.run(index, advance=True)
     if outside:
         yield outside, gather(model, outside, batches, gram, sharded)[0]
+
+
+def by_paired_blocks(model: nn.Module, found: list[PrunableTensor], paired: PairedBlocks, batches: list[Any],
+                     match: str, sharded: bool) -> Groups:
+    """Block by block, and inside each block layer group by layer group in forward order, each layer's
+    statistics from the pruned model's activations paired with the dense model's (``match``)."""
+    per_block, outside = _by_block(found, paired.compressed)
+    for index, reference in paired.walk():
+        group = per_block.get(index)
+        if not group:
+            continue
+        block = paired.blocks[index]
+        name_of = {id(m): name for name, m in block.named_modules()}
+        names = list(dict.fromkeys(name_of[id(m)] for m in modules_of(group) if id(m) in name_of))
+        first = paired.compressed.batch_inputs(0)
+        points = sum_points(block, names, first) if match == "stream" else {}
+        ordered = layer_groups(block, names, first)
+        ran = {name for sub in ordered for name in sub}
+        for sub in ordered + [[n for n in names if n not in ran]]:
+            members = [t for t in group if any(name_of.get(id(m)) in sub for m in modules_of([t]))]
+            if not members:
+                continue
+            pairs = paired_stats(block, reference, sub, paired.compressed, paired.dense, match, points, sharded)
+            modules = dict(block.named_modules())
+            yield members, {id(modules[name]): InputStats(sumsq=p.gram.diagonal().clone(), gram=p.gram,
+                                                          rows=0, paired=p) for name, p in pairs.items()}
+    if outside:
+        yield outside, gather(model, outside, batches, True, sharded)[0]
 
 
 def by_groups(model: nn.Module, found: list[PrunableTensor], batches: list[Any], stats: dict[int, InputStats],
