@@ -53,6 +53,7 @@ def variants(quick: bool) -> dict[str, tuple[dict[str, Any], float | None]]:
                                                          "targets": PRUNE_TARGETS}}, None),
         "50%, activation, row": ({"compress": act}, None),
         "50%, activation, row, reconstruct (0.2: sweep update)": ({"compress": {**recon, "update": "sweep"}}, 0.95),
+        "50%, activation, row, reconstruct, match layer (0.3)": ({"compress": {**recon, "match": "layer"}}, 0.95),
         "50%, activation, row, reconstruct": ({"compress": recon}, 0.95),
         "50%, activation, row, reconstruct, owl": ({"compress": {**recon, "allocation": "owl"}}, 0.95),
         "50%, activation, row, reconstruct, sensitivity": ({"compress": {**recon, "allocation": "sensitivity"}},
@@ -61,16 +62,23 @@ def variants(quick: bool) -> dict[str, tuple[dict[str, Any], float | None]]:
         "50%, activation, row, reconstruct, admm, sensitivity": (
             {"compress": {**recon, "selection": "admm", "allocation": "sensitivity"}}, 0.95),
         "2:4, activation, reconstruct": ({"compress": {**recon, "pattern": "2:4", "scope": "layer"}}, 0.90),
+        "2:4, activation, reconstruct, admm, match layer (0.3)": (
+            {"compress": {**recon, "pattern": "2:4", "scope": "layer", "selection": "admm", "match": "layer"}}, 0.90),
         "2:4, activation, reconstruct, admm": ({"compress": {**recon, "pattern": "2:4", "scope": "layer",
                                                              "selection": "admm"}}, 0.90),
         "svd 50% Linear MACs, data-aware + sensitivity": ({"accelerate": svd}, 0.88),
+        "svd 50% Linear MACs, + sequential update, match dense (0.3)": (
+            {"accelerate": {**svd, "update": True, "match": "dense"}}, 0.88),
         "svd 50% Linear MACs, + sequential update": ({"accelerate": {**svd, "update": True}}, 0.88),
     }
     if quick:
         for name in ("50%, activation, row", "50%, activation, row, reconstruct, owl",
                      "50%, activation, row, reconstruct, sensitivity", "50%, activation, row, reconstruct, admm",
                      "2:4, activation, reconstruct, admm", "50%, activation, row, reconstruct (0.2: sweep update)",
-                     "50%, activation, row, reconstruct, admm, sensitivity"):
+                     "50%, activation, row, reconstruct, admm, sensitivity",
+                     "50%, activation, row, reconstruct, match layer (0.3)",
+                     "2:4, activation, reconstruct, admm, match layer (0.3)",
+                     "svd 50% Linear MACs, + sequential update, match dense (0.3)"):
             rows.pop(name)
     return rows
 

@@ -52,6 +52,12 @@ class SVDOptions(BaseModel):
                     "forward order to the dense model's outputs from the inputs the already factorized layers "
                     "produce (closed-form least squares, then SVD-LLM truncation of the result); memory: two "
                     "copies of one block's calibration activations")
+    match: Literal["stream", "dense"] = Field(
+        "stream",
+        description="update: what each refitted layer reproduces from the factorized model's inputs: 'dense' "
+                    "the dense model's outputs of that layer; 'stream' as 'dense', and a layer whose output is "
+                    "added into the residual stream (attention output, last MLP projection; found by probing) "
+                    "also takes out the residual's drift at that sum (same as magnitude's 'match')")
     update_damping: float = Field(
         1.0, gt=0, le=100,
         description="update: ridge pulling the refitted weights toward the originals, relative to the mean input "

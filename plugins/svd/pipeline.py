@@ -97,7 +97,7 @@ def _decompose(model: nn.Module, example_inputs: Any, opts: SVDOptions, selected
     if opts.update:
         update_start = time.perf_counter()
         refitted = refit(model, [layer for layer in layers if layer.name not in trial.slow], calibration, opts.damping,
-                         opts.update_damping)
+                         opts.update_damping, opts.match)
         for layer in layers:
             if layer.name in refitted:
                 trial.built[trial_key(layer)] = refitted[layer.name]
