@@ -86,3 +86,27 @@ def bare_engine(*plugins: tuple[object, str]) -> torchslim.Engine:
 #: Seconds a test waits for a subprocess (a benchmark smoke run, the CLI, torchrun): far above ten times
 #: its quiet-machine time, so a busy machine slows the suite down instead of failing it.
 SUBPROCESS_TIMEOUT = 1800
+
+
+def token_batches(seed: int, count: int, vocab: int = 200, padding: bool = False) -> list[dict[str, torch.Tensor]]:
+    """``count`` batches of 8 x 24 token ids drawn from a skewed distribution, so two seeds share
+    statistics but not tokens (calibration and held-out text); ``padding`` pads two rows of each."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        ids = torch.multinomial(torch.linspace(1, 0.05, vocab), 8 * 24, replacement=True, generator=gen).view(8, 24)
+        mask = torch.ones_like(ids)
+        if padding:
+            mask[:2, 18:] = 0
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+def tiny_bert(layers: int = 3) -> nn.Module:
+    """A randomly initialised 64-wide BERT encoder (no pooler), in eval mode."""
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=200, hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
+                                     intermediate_size=128, max_position_embeddings=32)
+    return transformers.BertModel(config, add_pooling_layer=False).eval()

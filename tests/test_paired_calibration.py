@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import tiny_bert, token_batches
 
 import torchslim
 from torchslim.calibration import BlockStream, PairedBlocks, paired_stats, sum_points
@@ -13,24 +14,13 @@ from torchslim.errors import RecipeError
 transformers = pytest.importorskip("transformers")
 
 
-def batches(seed: int, count: int, vocab: int = 200) -> list[dict[str, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        # a skewed token distribution, so calibration and held-out text share statistics, not tokens
-        ids = torch.multinomial(torch.linspace(1, 0.05, vocab), 8 * 24, replacement=True, generator=gen).view(8, 24)
-        mask = torch.ones_like(ids)
-        mask[:2, 18:] = 0  # some padding, which no statistic may count
-        out.append({"input_ids": ids, "attention_mask": mask})
-    return out
+def batches(seed: int, count: int) -> list[dict[str, torch.Tensor]]:
+    return token_batches(seed, count, padding=True)  # padding, which no statistic may count
 
 
 @pytest.fixture(scope="module")
 def bert():
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=200, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                                     intermediate_size=128, max_position_embeddings=32)
-    return transformers.BertModel(config, add_pooling_layer=False).eval()
+    return tiny_bert()
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import tiny_bert, token_batches
 
 import torchslim
 
@@ -11,21 +12,12 @@ transformers = pytest.importorskip("transformers")
 
 
 def batches(seed: int, count: int) -> list[dict[str, torch.Tensor]]:
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        # a skewed token distribution, so calibration and held-out text share statistics, not tokens
-        ids = torch.multinomial(torch.linspace(1, 0.05, 200), 8 * 24, replacement=True, generator=gen).view(8, 24)
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
-    return out
+    return token_batches(seed, count)
 
 
 @pytest.fixture(scope="module")
 def bert():
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=200, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                                     intermediate_size=128, max_position_embeddings=32)
-    return transformers.BertModel(config, add_pooling_layer=False).eval()
+    return tiny_bert()
 
 
 def held_out_error(model, reference, data) -> float:
