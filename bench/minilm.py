@@ -5,7 +5,7 @@
     python bench/minilm.py --quick    # 32 / 32 sentences, fewer rows (smoke run)
     python bench/minilm.py --rows reconstruct,svd   # only the rows whose names contain these
 
-Two rows calibrate on every sentence the calibration sources hold (1,984, about 46k tokens; their
+Two rows calibrate on every sentence the calibration sources hold (1,984, 48,548 tokens; their
 ``calibration tokens`` column says so) instead of the run's calibration size.
 
 Calibration sentences come from one set of sources (:func:`bench.texts.calibration_sentences`,
@@ -44,7 +44,7 @@ PRUNE_TARGETS = {"exclude": ["*pooler*"]}  # mean pooling never reads the pooler
 SVD_TARGETS = {"include": ["*encoder.layer.*"]}
 
 
-#: every sentence the calibration sources hold (1,989), in whole batches of 16: about 46k tokens
+#: every sentence the calibration sources hold (1,989), in whole batches of 16: 48,548 tokens
 ALL_SENTENCES = 1984
 
 
