@@ -9,6 +9,7 @@ from helpers import tiny_bert, token_batches
 import torchslim
 from torchslim.calibration import BlockStream, PairedBlocks, paired_stats, sum_points
 from torchslim.calibration.paired import BLOCK_OUTPUT
+from torchslim.calibration.spill import memory_limit_bytes
 from torchslim.errors import RecipeError
 
 transformers = pytest.importorskip("transformers")
@@ -49,6 +50,7 @@ def test_paired_stats_of_an_unchanged_model_are_its_own_gram(bert):
     """Before anything is compressed the dense and compressed streams agree token by token: every target
     is the layer's own output (cross = Gram, drift = 0), and padding never counts."""
     paired = PairedBlocks.open(bert, batches(2, 2))
+    assert paired.dense.hidden.limit + paired.compressed.hidden.limit == memory_limit_bytes()  # one budget
     index, reference = next(paired.walk())
     names = ["attention.self.query", "attention.output.dense", "output.dense"]
     block = paired.blocks[index]

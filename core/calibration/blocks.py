@@ -29,7 +29,7 @@ from torch import nn
 
 from ..batches import call_model, first_tensor
 from ..measure import eval_mode
-from .spill import HiddenStore
+from .spill import HiddenStore, memory_limit_bytes
 from .tokens import token_mask
 
 log = logging.getLogger("torchslim")
@@ -103,8 +103,9 @@ class BlockStream:
         self.inputs, self.hidden, self.masks = inputs, hidden, masks
 
     @classmethod
-    def open(cls, model: nn.Module, batches: Iterable[Any]) -> "BlockStream | None":
-        """Capture the first block's inputs for every batch; None when the model has no usable blocks."""
+    def open(cls, model: nn.Module, batches: Iterable[Any], share: float = 1.0) -> "BlockStream | None":
+        """Capture the first block's inputs for every batch; None when the model has no usable blocks.
+        ``share`` is this stream's part of ``$TORCHSLIM_CALIBRATION_MB`` (streams open side by side split it)."""
         found = find_blocks(model)
         if found is None:
             return None
@@ -116,7 +117,7 @@ class BlockStream:
         if why is not None:
             log.info("sequential calibration by blocks is off for %s: %s", name, why)
             return None
-        inputs, masks, hidden = [], [], HiddenStore()
+        inputs, masks, hidden = [], [], HiddenStore(memory_limit_bytes() * share)
         captured: list[tuple[tuple, dict]] = []
 
         def grab(module: nn.Module, args: tuple, kwargs: dict) -> None:

@@ -239,8 +239,9 @@ class PairedBlocks:
     :meth:`open` captures the first block's inputs twice; :meth:`walk` yields, for each block, a copy
     of it as it was before compression (``reference``); the caller compresses the block in place, and
     the walk then advances the dense stream through the reference and the compressed stream through
-    the compressed block. Memory: the model, one block copy and two copies of one block's activations
-    (spilled to disk as :class:`~.blocks.BlockStream` does).
+    the compressed block. Memory: the model, one block copy and two copies of one block's activations,
+    which together stay under ``$TORCHSLIM_CALIBRATION_MB`` (the rest spilled to disk as
+    :class:`~.blocks.BlockStream` does).
     """
 
     def __init__(self, dense: BlockStream, compressed: BlockStream) -> None:
@@ -248,10 +249,10 @@ class PairedBlocks:
 
     @classmethod
     def open(cls, model: nn.Module, batches: list[Any]) -> "PairedBlocks | None":
-        compressed = BlockStream.open(model, batches)
+        compressed = BlockStream.open(model, batches, share=0.5)  # the two streams split the memory limit
         if compressed is None:
             return None
-        return cls(BlockStream.open(model, batches), compressed)
+        return cls(BlockStream.open(model, batches, share=0.5), compressed)
 
     @property
     def blocks(self) -> list[nn.Module]:
