@@ -89,7 +89,8 @@ def by_paired_blocks(model: nn.Module, found: list[PrunableTensor], paired: Pair
         if not group:
             continue
         block = paired.blocks[index]
-        name_of = {id(m): name for name, m in block.named_modules()}
+        modules = dict(block.named_modules())
+        name_of = {id(m): name for name, m in modules.items()}
         names = list(dict.fromkeys(name_of[id(m)] for m in modules_of(group) if id(m) in name_of))
         first = paired.compressed.batch_inputs(0)
         points = sum_points(block, names, first) if match == "stream" else {}
@@ -100,7 +101,6 @@ def by_paired_blocks(model: nn.Module, found: list[PrunableTensor], paired: Pair
             if not members:
                 continue
             pairs = paired_stats(block, reference, sub, paired.compressed, paired.dense, match, points, sharded)
-            modules = dict(block.named_modules())
             yield members, {id(modules[name]): InputStats(sumsq=p.gram.diagonal().clone(), gram=p.gram,
                                                           rows=0, paired=p) for name, p in pairs.items()}
     if outside:

@@ -68,9 +68,8 @@ def refit(model: nn.Module, layers: list[Layer], batches: list[Any], damping: fl
             for index, reference in paired.walk():
                 prefix = f"{paired.compressed.name}.{index}."
                 inside = {name[len(prefix):]: chosen[name] for name in chosen if name.startswith(prefix)}
-                if inside:
+                if inside:  # leaves the block's factors in place: the walk runs the factorized block next
                     _refit_block(model, paired, index, reference, inside, built, damping, update_damping, match)
-                _swap(model, built)  # the walk advances the factorized stream through the factorized block
     finally:
         _swap(model, originals)
     return built
