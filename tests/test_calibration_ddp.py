@@ -7,14 +7,11 @@ as in one process. The run is ``tests/calibration_ddp_script.py``.
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import SUBPROCESS_TIMEOUT
+from helpers import run_torchrun
 from safetensors.torch import load_file
 
 pytest.importorskip("transformers")
@@ -23,17 +20,10 @@ pytestmark = pytest.mark.slow  # two torchrun ranks and one process: ~30 s
 SCRIPT = Path(__file__).resolve().parent / "calibration_ddp_script.py"
 
 
-def torchrun() -> list[str]:
-    exe = Path(sys.executable).with_name("torchrun")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "torch.distributed.run"]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("calibration-ddp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*torchrun(), "--standalone", "--nproc-per-node", "2", str(SCRIPT), str(out)],
-                          env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    proc = run_torchrun([str(SCRIPT), str(out)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     spec = importlib.util.spec_from_file_location("calibration_ddp_script", SCRIPT)
     script = importlib.util.module_from_spec(spec)

@@ -1,16 +1,9 @@
 """`torchslim run` works unchanged under a real torchrun with two processes (gloo on CPU)."""
 
-import os, subprocess, sys
-from pathlib import Path
+from helpers import run_torchrun
 
 import torchslim
 from torchslim.zoo import DigitsCNN
-from helpers import SUBPROCESS_TIMEOUT
-
-
-def torchrun():
-    exe = Path(sys.executable).with_name("torchrun")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "torch.distributed.run"]
 
 
 def test_cli_run_works_unchanged_under_torchrun(tmp_path):
@@ -20,10 +13,8 @@ def test_cli_run_works_unchanged_under_torchrun(tmp_path):
                                           "  - finetune: {method: sgd, steps: 5}\n"
                                           "  - finetune: {method: distill, steps: 3}\n"
                                           "evaluate: [accuracy, nonzeros]\n")
-    command = [*torchrun(), "--standalone", "--nproc-per-node", "2", "-m", "torchslim.cli", "run", "recipe.yaml",
-               "--model", "torchslim.zoo:DigitsCNN", "--data", "data:loaders", "--out", "out"]
-    proc = subprocess.run(command, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    proc = run_torchrun(["-m", "torchslim.cli", "run", "recipe.yaml", "--model", "torchslim.zoo:DigitsCNN",
+                         "--data", "data:loaders", "--out", "out"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert proc.stdout.count("2 finetune/sgd") == 1, proc.stdout   # the table is printed by rank 0 alone
     assert "differ between ranks" not in proc.stderr            # one input model, identical compression

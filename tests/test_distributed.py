@@ -25,23 +25,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_torchrun
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchslim import distributed
 from torchslim.distributed import ShardSampler, sharded_loader
-from helpers import SUBPROCESS_TIMEOUT
 
 TESTS = Path(__file__).resolve().parent
 SCRIPT = TESTS / "ddp_script.py"
 BENCH = TESTS.parent / "bench" / "ddp.py"
 MODELS = ("mlp", "cnn")
-
-
-def torchrun() -> list[str]:
-    """The torchrun of this interpreter's environment."""
-    exe = Path(sys.executable).with_name("torchrun")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "torch.distributed.run"]
 
 
 def load_script():
@@ -54,9 +48,7 @@ def load_script():
 @pytest.fixture(scope="module")
 def ddp(tmp_path_factory) -> tuple[Path, list[dict]]:
     out = tmp_path_factory.mktemp("ddp")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*torchrun(), "--standalone", "--nproc-per-node", "2", str(SCRIPT), str(out)],
-                          env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    proc = run_torchrun([str(SCRIPT), str(out)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     return out, [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
