@@ -8,6 +8,10 @@
 Two rows calibrate on every sentence the calibration sources hold (1,984, 48,548 tokens; their
 ``calibration tokens`` column says so) instead of the run's calibration size.
 
+Rows named ``random tokens`` add ``random_tokens: 1.0``: one batch of random vocabulary tokens per
+calibration batch (shaped like it; :mod:`torchslim.calibration.random_tokens`), counted in their
+``calibration tokens`` column (real and random).
+
 Calibration sentences come from one set of sources (:func:`bench.texts.calibration_sentences`,
 mix ``broad``: language-reference prose and stdlib docstrings on text, files, data and concurrency);
 the *cross-source* evaluation sentences from others, with no source or topic in common (everyday
@@ -77,6 +81,13 @@ def variants(quick: bool) -> dict[str, tuple[dict[str, Any], float | None, int |
         "svd 50% Linear MACs, + sequential update, match dense": (
             {"accelerate": {**svd, "update": True, "match": "dense"}}, 0.88),
         "svd 50% Linear MACs, + sequential update": ({"accelerate": {**svd, "update": True}}, 0.88),
+        "50%, activation, row, reconstruct, admm, sensitivity, random tokens": (
+            {"compress": {**recon, "selection": "admm", "allocation": "sensitivity", "random_tokens": 1.0}}, 0.95),
+        "2:4, activation, reconstruct, admm, random tokens": (
+            {"compress": {**recon, "pattern": "2:4", "scope": "layer", "selection": "admm", "random_tokens": 1.0}},
+            0.90),
+        "svd 50% Linear MACs, + sequential update, random tokens": (
+            {"accelerate": {**svd, "update": True, "random_tokens": 1.0}}, 0.88),
     }
     rows = {name: (*spec, None) for name, spec in rows.items()}
     every = f"every calibration sentence ({ALL_SENTENCES:,})"
@@ -92,7 +103,8 @@ def variants(quick: bool) -> dict[str, tuple[dict[str, Any], float | None, int |
                      "50%, activation, row, reconstruct, admm, sensitivity",
                      "50%, activation, row, reconstruct, match layer",
                      "2:4, activation, reconstruct, admm, match layer",
-                     "svd 50% Linear MACs, + sequential update, match dense"):
+                     "svd 50% Linear MACs, + sequential update, match dense",
+                     "50%, activation, row, reconstruct, admm, sensitivity, random tokens"):
             rows.pop(name)
     return rows
 
@@ -163,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         row["achieved"] = round(info["sparsity"], 3) if "sparsity" in info else round(info.get("mac_ratio", 0), 3)
         if floor is not None:
             row["floor"] = f">= {floor}: {'met' if row['cross'] >= floor else 'MISSED'}"
-        if sentences is not None:
-            row["calibration tokens"] = sum(int(b["attention_mask"].sum()) for b in calib)
+        extra = round(next(iter(step.values())).get("random_tokens", 0.0) * len(calib))  # copies cycle through calib
+        if sentences is not None or extra:
+            row["calibration tokens"] = sum(int(calib[i % len(calib)]["attention_mask"].sum())
+                                            for i in range(len(calib) + extra))
         rows.append(row)
         print(f"  {row}", flush=True)
     tokens = sum(int(b["attention_mask"].sum()) for b in sized[n_calib])

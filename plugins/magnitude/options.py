@@ -96,6 +96,12 @@ class MagnitudeOptions(BaseModel):
     calibration_batches: int = Field(
         32, ge=1, description="training batches used for activation statistics (summed batch by batch: more "
                               "batches cost time, not memory; under torchrun each rank reads its share)")
+    random_tokens: float = Field(
+        0.0, ge=0, le=4,
+        description="token-id models: add this many batches of random tokens per calibration batch, each a copy "
+                    "of a real one whose tokens are drawn uniformly from the model's vocabulary, so scores and "
+                    "reconstruction also see directions the calibration text never excites (MiniLM 2:4 ADMM, 1.0: "
+                    "cosine on text from other sources 0.887 -> 0.911, on the calibration sources 0.950 -> 0.947)")
     min_sparsity: float = Field(0.0, ge=0, lt=1, description="lowest sparsity any single tensor may end with")
     max_sparsity: float = Field(1.0, gt=0, le=1, description="highest sparsity any single tensor may end with")
     rounds: int = Field(1, ge=1, le=100,
@@ -137,6 +143,9 @@ class MagnitudeOptions(BaseModel):
         given = self.model_fields_set
         if self.threshold is not None and "sparsity" in given:
             raise ValueError("give either sparsity or threshold, not both")
+        if self.random_tokens and not self.needs_calibration:
+            raise ValueError(f"random_tokens={self.random_tokens} adds calibration batches, but nothing calibrates: "
+                             f"use criterion 'activation' or reconstruct, or random_tokens: 0")
         if self.min_sparsity > self.max_sparsity:
             raise ValueError(f"min_sparsity={self.min_sparsity} is above max_sparsity={self.max_sparsity}")
         nm = self.n_of_m

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from torchslim.calibration import BlockStream, PairedBlocks, calibration_share
+from torchslim.calibration.random_tokens import random_token_batches
 from torchslim.context import RunContext
 from torchslim.masks import get_mask
 
@@ -36,7 +37,7 @@ def prune_round(model: nn.Module, found: list[PrunableTensor], opts: MagnitudeOp
     Stored values are zeroed only once every mask is in place: until then a failure only has to take
     masks off.
     """
-    batches, sharded = _calibration(opts, context, calibration)
+    batches, sharded = _calibration(model, opts, context, calibration)
     blocks_wanted = opts.reconstruct and opts.sequential and bool(batches)
     paired = PairedBlocks.open(model, batches) if blocks_wanted and opts.paired else None
     stream = paired.compressed if paired is not None else (BlockStream.open(model, batches) if blocks_wanted else None)
@@ -88,12 +89,15 @@ def _apply_groups(groups: Groups, opts: MagnitudeOptions, fraction: float | None
     return done
 
 
-def _calibration(opts: MagnitudeOptions, context: RunContext,
+def _calibration(model: nn.Module, opts: MagnitudeOptions, context: RunContext,
                  calibration: Iterable[Any] | None) -> tuple[list[Any], bool]:
-    """This rank's calibration batches (all of them in one process) and whether they are a share."""
+    """This rank's calibration batches (all of them in one process, random-token ones included) and
+    whether they are a share."""
     if not opts.needs_calibration:
         return [], False
     source = calibration if calibration is not None else context.calibration_batches(opts.calibration_batches)
+    source = list(source)
+    source += random_token_batches(source, opts.random_tokens, model, f"step {context.step_index}")
     return calibration_share(source)
 
 

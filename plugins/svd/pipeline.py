@@ -11,6 +11,7 @@ from torch import nn
 
 import torchslim
 from torchslim.batches import call_model, has_inputs
+from torchslim.calibration.random_tokens import random_token_batches
 from torchslim.errors import ModelError
 from torchslim.latency_table import LatencyTable
 from torchslim.measure import count_macs, eval_mode
@@ -67,8 +68,9 @@ def _decompose(model: nn.Module, example_inputs: Any, opts: SVDOptions, selected
                skipped: list[tuple[str, str]], calibration: Iterable[Any], where: str,
                start: float) -> torchslim.StepResult:
     layers, unfactorizable_macs, macs_before = capture(model, example_inputs, selected, opts, skipped)
-    if opts.update:
+    if opts.update or opts.random_tokens:
         calibration = list(calibration)
+        calibration += random_token_batches(calibration, opts.random_tokens, model, where)
     grams = calibrate(model, layers, calibration, where) if opts.data_aware and layers else None
     spectrum_start = time.perf_counter()
     for layer in layers:
