@@ -81,13 +81,14 @@ def variants(quick: bool) -> dict[str, tuple[dict[str, Any], float | None, int |
         "svd 50% Linear MACs, + sequential update, match dense": (
             {"accelerate": {**svd, "update": True, "match": "dense"}}, 0.88),
         "svd 50% Linear MACs, + sequential update": ({"accelerate": {**svd, "update": True}}, 0.88),
+        "50%, activation, row, reconstruct, random tokens": ({"compress": {**recon, "random_tokens": 1.0}}, 0.95),
         "50%, activation, row, reconstruct, admm, sensitivity, random tokens": (
             {"compress": {**recon, "selection": "admm", "allocation": "sensitivity", "random_tokens": 1.0}}, 0.95),
         "2:4, activation, reconstruct, admm, random tokens": (
             {"compress": {**recon, "pattern": "2:4", "scope": "layer", "selection": "admm", "random_tokens": 1.0}},
             0.90),
-        "svd 50% Linear MACs, + sequential update, random tokens": (
-            {"accelerate": {**svd, "update": True, "random_tokens": 1.0}}, 0.88),
+        "svd 50% Linear MACs, + sequential update, random tokens, update_damping 0.1": (
+            {"accelerate": {**svd, "update": True, "random_tokens": 1.0, "update_damping": 0.1}}, 0.88),
     }
     rows = {name: (*spec, None) for name, spec in rows.items()}
     every = f"every calibration sentence ({ALL_SENTENCES:,})"
