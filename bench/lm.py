@@ -15,9 +15,10 @@ Linears; ``lm_head`` (tied to the embedding) is left alone.
 Rows: dense; magnitude (|w|), activation-aware (Wanda: |w| x input norm, per row) and activation-aware
 with reconstruction (SparseGPT's sweep with 0.2's one-pass update, with the exact update fitting each
 layer to its own outputs (``match: layer``, SparseGPT's target), with the exact update toward the dense
-outputs and the residual stream (``match: stream``, the default), and with gradual ADMM selection) at
-50% and 2:4; svd at 50% of the blocks' Linear MACs (data-aware, sensitivity-weighted), alone and with
-the sequential update (``match: dense`` and ``stream``). Each row gives the perplexity on held-out code, its ratio to dense,
+outputs and the residual stream (``match: stream``, the default), with gradual ADMM selection, and with
+``random_tokens: 1`` beside the calibration text) at 50% and 2:4; svd at 50% of the blocks' Linear MACs
+(data-aware, sensitivity-weighted), alone and with the sequential update (``match: dense`` and
+``stream``, and with random tokens). Each row gives the perplexity on held-out code, its ratio to dense,
 and the seconds the step took. Peak memory: the resident-set growth of a fresh process running the
 sequential (block by block) and the all-at-once reconstruction, beside the model's size. Writes
 ``bench/results/lm.json``.
@@ -136,11 +137,14 @@ def methods(calib_batches: int) -> dict[str, dict[str, Any]]:
         rows[f"activation + reconstruct, match layer {label}"] = {"compress": {**recon, "match": "layer"}}
         rows[f"activation + reconstruct {label}"] = {"compress": recon}
         rows[f"activation + reconstruct, admm {label}"] = {"compress": {**recon, "selection": "admm"}}
+        rows[f"activation + reconstruct, random tokens {label}"] = {"compress": {**recon, "random_tokens": 1.0}}
     svd = {"method": "svd", "mac_ratio": 0.5, "mac_scope": "targets", "data_aware": True, "sensitivity": True,
            "measure_latency": False, "calibration_batches": calib_batches, "targets": {"include": ["transformer.h.*"]}}
     rows["svd 50% Linear MACs"] = {"accelerate": svd}
     rows["svd 50% Linear MACs, + update, match dense"] = {"accelerate": {**svd, "update": True, "match": "dense"}}
     rows["svd 50% Linear MACs, + update"] = {"accelerate": {**svd, "update": True}}
+    rows["svd 50% Linear MACs, + update, random tokens, update_damping 0.1"] = {
+        "accelerate": {**svd, "update": True, "random_tokens": 1.0, "update_damping": 0.1}}
     return rows
 
 
