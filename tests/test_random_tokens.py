@@ -91,3 +91,5 @@ def test_models_without_token_ids_get_an_error_naming_the_option():
         random_token_batches([(x,)], 1.0, tiny_bert(1), "step 0")
     with pytest.raises(ValueError, match="random_tokens=1.0 adds calibration batches: set data_aware: true"):
         torchslim.plugins.svd.SVDOptions(random_tokens=1.0)
+    with pytest.raises(ValueError, match="random_tokens=1.0 adds calibration batches, but nothing calibrates"):
+        torchslim.plugins.magnitude.MagnitudeOptions(random_tokens=1.0)

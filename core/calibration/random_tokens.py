@@ -46,8 +46,9 @@ def random_token_batches(batches: Sequence[Any], ratio: float, model: nn.Module,
                          field: str = "random_tokens") -> list[Any]:
     """``round(ratio * len(batches))`` random-token copies of ``batches`` (cycling through them).
 
-    ``where`` (the step) and ``field`` (the option) name the source of errors. Raises :class:`DataError` when a batch has no 2-D integer
-    ``input_ids`` and :class:`ModelError` when the model has no embedding to read a vocabulary from.
+    ``where`` (the step) and ``field`` (the option) name the source of errors. Raises
+    :class:`DataError` when a batch has no 2-D integer ``input_ids`` and :class:`ModelError` when the
+    model has no embedding to read a vocabulary from. The copies are on the device of their source.
     """
     count = round(ratio * len(batches))
     if count == 0:
@@ -70,16 +71,19 @@ def random_token_batches(batches: Sequence[Any], ratio: float, model: nn.Module,
 
 
 def _randomized(ids: torch.Tensor, mask: Any, vocabulary: int, generator: torch.Generator) -> torch.Tensor:
-    """``ids`` with every real token but each row's first and last drawn uniformly from the vocabulary."""
-    real = mask.bool() if isinstance(mask, torch.Tensor) and mask.shape == ids.shape else torch.ones_like(ids, dtype=torch.bool)
-    inner = real.clone()
-    rows = torch.arange(ids.shape[0])
-    positions = torch.arange(ids.shape[1]).expand_as(ids)
-    first = torch.where(real, positions, ids.shape[1]).min(1).values.clamp_max(ids.shape[1] - 1)
+    """``ids`` with every real token but each row's first and last drawn uniformly from the vocabulary
+    (drawn on the CPU, so every device gets the same ids)."""
+    out = ids.cpu().clone()
+    if isinstance(mask, torch.Tensor) and mask.shape == ids.shape:
+        real = mask.cpu().bool()
+    else:
+        real = torch.ones_like(out, dtype=torch.bool)
+    rows, length = torch.arange(out.shape[0]), out.shape[1]
+    positions = torch.arange(length).expand_as(out)
+    first = torch.where(real, positions, length).min(1).values.clamp_max(length - 1)
     last = torch.where(real, positions, -1).max(1).values.clamp_min(0)
+    inner = real.clone()
     inner[rows, first] = False
     inner[rows, last] = False
-    drawn = torch.randint(0, vocabulary, (int(inner.sum()),), generator=generator).to(ids.dtype)
-    out = ids.clone()
-    out[inner.to(ids.device)] = drawn.to(ids.device)
-    return out
+    out[inner] = torch.randint(0, vocabulary, (int(inner.sum()),), generator=generator).to(out.dtype)
+    return out.to(ids.device)
