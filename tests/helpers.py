@@ -129,11 +129,30 @@ def token_batches(seed: int, count: int, vocab: int = 200, padding: bool = False
     return out
 
 
-def tiny_bert(layers: int = 3) -> nn.Module:
-    """A randomly initialised 64-wide BERT encoder (no pooler), in eval mode."""
+def tiny_bert(layers: int = 3, init_range: float = 0.02) -> nn.Module:
+    """A randomly initialised 64-wide BERT encoder (no pooler), in eval mode; ``init_range`` is the
+    weights' standard deviation (transformers' default 0.02; larger makes the layers, not the
+    embeddings, carry the output)."""
     import transformers
 
     torch.manual_seed(0)
     config = transformers.BertConfig(vocab_size=200, hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                                     intermediate_size=128, max_position_embeddings=32)
+                                     intermediate_size=128, max_position_embeddings=32, initializer_range=init_range)
     return transformers.BertModel(config, add_pooling_layer=False).eval()
+
+
+def hidden_states(model: nn.Module, data: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """The encoder's ``last_hidden_state`` on every batch of ``data``, concatenated."""
+    with torch.no_grad():
+        return torch.cat([model(**b).last_hidden_state for b in data])
+
+
+def held_out_error(model: nn.Module, reference: torch.Tensor, data: list[dict[str, torch.Tensor]]) -> float:
+    """Relative Frobenius error of ``model``'s hidden states on ``data`` against ``reference``."""
+    got = hidden_states(model, data)
+    return float((got - reference).norm() / reference.norm())
+
+
+def run_step(model: nn.Module, step: dict, calib: list) -> torchslim.RunResult:
+    """One recipe step on ``model`` (a copy; the engine leaves it alone), calibrated on ``calib``."""
+    return torchslim.Engine().run(model, {"steps": [step], "evaluate": []}, train_data=calib, example_inputs=calib[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import tiny_bert, token_batches
+from helpers import held_out_error, hidden_states, run_step, tiny_bert, token_batches
 
 import torchslim
 from torchslim.calibration import BlockStream, PairedBlocks, paired_stats, sum_points
@@ -69,22 +69,11 @@ def test_paired_stats_of_an_unchanged_model_are_its_own_gram(bert):
     assert tokens == 2 * (8 * 24 - 2 * 6)
 
 
-def held_out_error(model, reference, data) -> float:
-    with torch.no_grad():
-        got = torch.cat([model(**b).last_hidden_state for b in data])
-    return float((got - reference).norm() / reference.norm())
-
-
-def run_step(model, step, calib):
-    return torchslim.Engine().run(model, {"steps": [step], "evaluate": []}, train_data=calib, example_inputs=calib[0])
-
-
 def test_magnitude_match_lowers_the_held_out_error_of_2_4_pruning(bert):
     """2:4 with reconstruction: reproducing the dense outputs ('dense') and the residual's drift ('stream')
     leaves a smaller output error on held-out batches than fitting each layer to its own outputs."""
     calib, held_out = batches(3, 6), batches(4, 4)
-    with torch.no_grad():
-        reference = torch.cat([bert(**b).last_hidden_state for b in held_out])
+    reference = hidden_states(bert, held_out)
     errors = {}
     for match in ("layer", "dense", "stream"):
         step = {"compress": {"method": "magnitude", "pattern": "2:4", "criterion": "activation", "reconstruct": True,
@@ -100,8 +89,7 @@ def test_magnitude_match_lowers_the_held_out_error_of_2_4_pruning(bert):
 
 def test_svd_update_stream_lowers_the_held_out_error(bert):
     calib, held_out = batches(5, 6), batches(6, 4)
-    with torch.no_grad():
-        reference = torch.cat([bert(**b).last_hidden_state for b in held_out])
+    reference = hidden_states(bert, held_out)
     errors = {}
     for match in ("dense", "stream"):
         step = {"accelerate": {"method": "svd", "mac_ratio": 0.5, "mac_scope": "targets", "data_aware": True,

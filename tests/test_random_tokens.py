@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import tiny_bert, token_batches
+from helpers import held_out_error, hidden_states, run_step, tiny_bert, token_batches
 
 import torchslim
 from torchslim.calibration.random_tokens import random_token_batches, vocabulary_size
@@ -27,26 +27,12 @@ PRUNE = {"method": "magnitude", "pattern": "2:4", "criterion": "activation", "re
 
 @pytest.fixture(scope="module")
 def bert():
-    import transformers
-
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=200, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-                                     intermediate_size=128, max_position_embeddings=32, initializer_range=0.1)
-    return transformers.BertModel(config, add_pooling_layer=False).eval()
-
-
-def held_out_error(model, bert, data) -> float:
-    with torch.no_grad():
-        reference = torch.cat([bert(**b).last_hidden_state for b in data])
-        got = torch.cat([model(**b).last_hidden_state for b in data])
-    return float((got - reference).norm() / reference.norm())
+    return tiny_bert(init_range=0.1)
 
 
 def compressed_error(bert, step: dict) -> float:
     calib, held_out = token_batches(1, 6, vocab=8), token_batches(2, 4)
-    result = torchslim.Engine().run(bert, {"steps": [step], "evaluate": []}, train_data=calib,
-                                    example_inputs=calib[0])
-    return held_out_error(result.model.eval(), bert, held_out)
+    return held_out_error(run_step(bert, step, calib).model.eval(), hidden_states(bert, held_out), held_out)
 
 
 @pytest.mark.parametrize("update", [False, True])

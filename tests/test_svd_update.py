@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import tiny_bert, token_batches
+from helpers import held_out_error, hidden_states, run_step, tiny_bert, token_batches
 
 import torchslim
 
@@ -20,23 +20,15 @@ def bert():
     return tiny_bert()
 
 
-def held_out_error(model, reference, data) -> float:
-    with torch.no_grad():
-        got = torch.cat([model(**b).last_hidden_state for b in data])
-    return float((got - reference).norm() / reference.norm())
-
-
 def test_update_lowers_held_out_output_error_and_keeps_the_macs(bert):
     calib, held_out = batches(1, 6), batches(2, 4)
-    with torch.no_grad():
-        reference = torch.cat([bert(**b).last_hidden_state for b in held_out])
+    reference = hidden_states(bert, held_out)
     base = {"method": "svd", "mac_ratio": 0.5, "mac_scope": "targets", "data_aware": True,
             "measure_latency": False, "calibration_batches": 6, "targets": {"include": ["encoder.layer.*"]}}
     errors, ratios = {}, {}
     for update in (False, True):
         step = {"accelerate": {**base, "update": update}}
-        result = torchslim.Engine().run(bert, {"steps": [step], "evaluate": []}, train_data=calib,
-                                        example_inputs=calib[0])
+        result = run_step(bert, step, calib)
         errors[update] = held_out_error(result.model.eval(), reference, held_out)
         ratios[update] = result.steps[0].info["mac_ratio"]
         if update:
