@@ -145,6 +145,8 @@ def methods(calib_batches: int) -> dict[str, dict[str, Any]]:
     rows["svd 50% Linear MACs, + update"] = {"accelerate": {**svd, "update": True}}
     rows["svd 50% Linear MACs, + update, random tokens, update_damping 0.1"] = {
         "accelerate": {**svd, "update": True, "random_tokens": 1.0, "update_damping": 0.1}}
+    rows["svd 50% Linear MACs, + update, random tokens, update_damping 0.1, block fit 10 epochs"] = {
+        "accelerate": {**svd, "update": True, "random_tokens": 1.0, "update_damping": 0.1, "update_epochs": 10}}
     return rows
 
 

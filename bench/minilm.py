@@ -89,6 +89,9 @@ def variants(quick: bool) -> dict[str, tuple[dict[str, Any], float | None, int |
             0.90),
         "svd 50% Linear MACs, + sequential update, random tokens, update_damping 0.1": (
             {"accelerate": {**svd, "update": True, "random_tokens": 1.0, "update_damping": 0.1}}, 0.88),
+        "svd 50% Linear MACs, + sequential update, random tokens, update_damping 0.1, block fit 10 epochs": (
+            {"accelerate": {**svd, "update": True, "random_tokens": 1.0, "update_damping": 0.1, "update_epochs": 10}},
+            0.88),
     }
     rows = {name: (*spec, None) for name, spec in rows.items()}
     every = f"every calibration sentence ({ALL_SENTENCES:,})"

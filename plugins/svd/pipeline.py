@@ -98,8 +98,12 @@ def _decompose(model: nn.Module, example_inputs: Any, opts: SVDOptions, selected
         _require_budget(layers, trial, needed, macs_before, opts, where)
     if opts.update:
         update_start = time.perf_counter()
+        block_errors: list[tuple[float, float]] = []
         refitted = refit(model, [layer for layer in layers if layer.name not in trial.slow], calibration, opts.damping,
-                         opts.update_damping, opts.match)
+                         opts.update_damping, opts.match, opts.update_epochs, opts.update_lr, block_errors)
+        if block_errors:  # per block: relative squared output error on the calibration batches
+            info["block_error_before_fit"] = [round(before, 6) for before, _ in block_errors]
+            info["block_error_after_fit"] = [round(after, 6) for _, after in block_errors]
         for layer in layers:
             if layer.name in refitted:
                 trial.built[trial_key(layer)] = refitted[layer.name]

@@ -30,7 +30,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchslim.calibration import PairedBlocks, layer_groups, paired_stats, sum_points
+from torchslim.calibration import (
+    PairedBlocks,
+    block_output_error,
+    fit_block_outputs,
+    layer_groups,
+    paired_stats,
+    sum_points,
+)
 from torchslim.calibration.paired import Match
 from torchslim.measure import eval_mode
 from torchslim.surgery import replace_submodule
@@ -47,11 +54,14 @@ def _swap(model: nn.Module, modules: dict[str, nn.Module]) -> None:
 
 
 def refit(model: nn.Module, layers: list[Layer], batches: list[Any], damping: float,
-          update_damping: float, match: Match = "stream") -> dict[str, nn.Module]:
+          update_damping: float, match: Match = "stream", epochs: int = 0, lr: float = 3e-4,
+          errors: list[tuple[float, float]] | None = None) -> dict[str, nn.Module]:
     """Refitted factor modules, by layer name, for the chosen ``linear`` layers inside repeated blocks.
 
     ``match`` sets each layer's target (:mod:`torchslim.calibration.paired`): 'dense' its dense outputs,
-    'stream' also the residual stream's drift where its output is added in. The model is left as it
+    'stream' also the residual stream's drift where its output is added in. With ``epochs``, each block's
+    factors are then fitted to the dense block's outputs by Adam (:func:`~torchslim.calibration.fit_block_outputs`)
+    and ``errors`` receives each block's relative output error before and after. The model is left as it
     came (originals in place); an empty result when the model has no blocks.
     """
     chosen = {layer.name: layer for layer in layers if layer.rank is not None and layer.form == "linear"}
@@ -68,8 +78,16 @@ def refit(model: nn.Module, layers: list[Layer], batches: list[Any], damping: fl
             for index, reference in paired.walk():
                 prefix = f"{paired.compressed.name}.{index}."
                 inside = {name[len(prefix):]: chosen[name] for name in chosen if name.startswith(prefix)}
-                if inside:  # leaves the block's factors in place: the walk runs the factorized block next
-                    _refit_block(model, paired, index, reference, inside, built, damping, update_damping, match)
+                if not inside:
+                    continue
+                # leaves the block's factors in place: the walk runs the factorized block next
+                _refit_block(model, paired, index, reference, inside, built, damping, update_damping, match)
+                if epochs > 0:
+                    factors = [p for layer in inside.values() for p in built[layer.name].parameters()]
+                    before = block_output_error(paired, index, reference)
+                    fit_block_outputs(paired, index, reference, factors, epochs, lr)
+                    if errors is not None:
+                        errors.append((before, block_output_error(paired, index, reference)))
     finally:
         _swap(model, originals)
     return built
