@@ -30,7 +30,8 @@ from .tokens import feature_rows
 
 @contextmanager
 def _training_only(block: nn.Module, parameters: Sequence[nn.Parameter]) -> Iterator[None]:
-    """Gradients for ``parameters`` alone (the block's other parameters get none), restored on exit."""
+    """Gradients for ``parameters`` alone (the block's other parameters get none); their ``requires_grad``
+    flags restored and the fitted parameters' gradients dropped on exit."""
     chosen = {id(p) for p in parameters}
     before = {p: p.requires_grad for p in block.parameters()}
     try:
@@ -40,6 +41,7 @@ def _training_only(block: nn.Module, parameters: Sequence[nn.Parameter]) -> Iter
     finally:
         for p, flag in before.items():
             p.requires_grad_(flag)
+        for p in parameters:
             p.grad = None
 
 
