@@ -18,6 +18,10 @@ form:
   applied to ``X'``, the best rank-``r`` ``W'`` is the truncation-aware whitened SVD of ``W*`` under
   ``G'``: the SVD-LLM factors of ``W*``, at the rank the allocation chose.
 
+With ``update_epochs`` (:mod:`torchslim.calibration.block_fit`), each block's factors are then fitted by
+Adam to the dense block's outputs, for what per-layer least squares cannot see: the block's
+nonlinearities and how its layers' errors combine.
+
 Memory: the model, the factors, and two copies of one block's calibration activations (dense and
 factorized). Layers outside the blocks, and conv layers, keep their one-shot factors.
 """
@@ -83,7 +87,7 @@ def refit(model: nn.Module, layers: list[Layer], batches: list[Any], damping: fl
                 # leaves the block's factors in place: the walk runs the factorized block next
                 _refit_block(model, paired, index, reference, inside, built, damping, update_damping, match)
                 if epochs > 0:
-                    factors = [p for layer in inside.values() for p in built[layer.name].parameters()]
+                    factors = [p for layer in inside.values() if layer.name in built for p in built[layer.name].parameters()]
                     before = block_output_error(paired, index, reference)
                     fit_block_outputs(paired, index, reference, factors, epochs, lr)
                     if errors is not None:
