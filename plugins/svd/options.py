@@ -70,7 +70,7 @@ class SVDOptions(BaseModel):
                     "batches fitting the block's factors to the dense block's outputs (the residual stream), so the "
                     "block's nonlinearities are fitted too; 0 keeps the closed form alone (MiniLM, with "
                     "random_tokens 1 and update_damping 0.1: cosine on text from other sources 0.860 -> 0.880 at 5 "
-                    "epochs, 0.884 at 10, in 2.3x / 3.7x the time)")
+                    "epochs, 0.884 at 10, in 2.4x / 3.5x the time)")
     update_lr: float = Field(
         3e-4, gt=0, le=1,
         description="update_epochs: Adam's learning rate (on MiniLM 1e-3 did worse on other text than 3e-4)")
