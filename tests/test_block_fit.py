@@ -59,3 +59,20 @@ def test_update_epochs_needs_update():
     with pytest.raises(ValueError, match="update_epochs=3 fits the blocks after update's closed-form refit: set "
                                          "update: true too"):
         torchslim.plugins.svd.SVDOptions(data_aware=True, update_epochs=3)
+
+
+def test_dense_outputs_advance_the_dense_stream_once(bert):
+    """Targets taken from the dense stream inside the walk: with nothing compressed, both streams stay
+    equal block after block (advanced once each), and the targets are the block's own outputs."""
+    from torchslim.calibration import PairedBlocks
+
+    batches = token_batches(4, 2)
+    paired = PairedBlocks.open(bert, batches)
+    for index, reference in paired.walk():
+        torch.testing.assert_close(paired.dense.hidden.get(1), paired.compressed.hidden.get(1), rtol=0, atol=0)
+        with torch.no_grad():
+            args, kwargs = paired.compressed.batch_inputs(0)
+            expected = reference(*args, **kwargs)
+        targets = paired.dense_outputs(index, reference)
+        assert paired.dense_outputs(index, reference) is targets
+        torch.testing.assert_close(targets.hidden.get(0), expected, rtol=0, atol=0)

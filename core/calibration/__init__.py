@@ -27,4 +27,5 @@ from .shares import calibration_share, sum_over_ranks
 from .tokens import feature_rows, token_mask
 
 __all__ = ["BlockStream", "PairedBlocks", "PairedStats", "block_output_error", "calibration_share", "feature_rows",
-           "find_blocks", "fit_block_outputs", "layer_groups", "paired_stats", "random_token_batches", "sum_over_ranks", "sum_points", "token_mask"]
+           "find_blocks", "fit_block_outputs", "layer_groups", "paired_stats", "random_token_batches", "sum_over_ranks",
+           "sum_points", "token_mask"]

@@ -9,9 +9,11 @@ tokens only. That target is the residual stream as the dense model has it, so th
 out the drift its inputs carry (BRECQ-style block reconstruction, Li et al. 2021, here on calibration
 text only: no labels and no task loss).
 
-Memory: the two streams the walk already holds, plus one batch's activations and gradients; targets
-are recomputed for each step rather than stored. The batch order is seeded, so every run and every
-rank takes the same steps.
+The targets are computed once per block: the dense stream is advanced through the dense block
+(:meth:`~.paired.PairedBlocks.dense_outputs`) and its hidden states read as the targets, which is the
+advance the walk makes next anyway. Memory: the two streams the walk already holds, plus one batch's
+activations and gradients. The batch order is seeded, so every run and every rank takes the same
+steps. Call it once the block's statistics on the dense inputs have been taken (the closed-form refit).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 
 from ..batches import first_tensor
 from ..measure import eval_mode
+from .blocks import BlockStream
 from .paired import PairedBlocks
 from .tokens import feature_rows
 
@@ -53,20 +56,17 @@ def _relative_error(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
 def block_output_error(paired: PairedBlocks, index: int, reference: nn.Module) -> float:
     """Mean over the calibration batches of the block's relative squared output error against ``reference``
     (the dense block) on the dense stream's inputs."""
-    block = paired.blocks[index]
+    block, targets = paired.blocks[index], paired.dense_outputs(index, reference)
     total = 0.0
-    with eval_mode(block), eval_mode(reference), torch.no_grad():
+    with eval_mode(block), torch.no_grad():
         for b in range(len(paired.compressed.inputs)):
-            total += float(_error_on_batch(paired, block, reference, b))
+            total += float(_error_on_batch(paired, block, targets, b))
     return total / max(1, len(paired.compressed.inputs))
 
 
-def _error_on_batch(paired: PairedBlocks, block: nn.Module, reference: nn.Module, b: int) -> torch.Tensor:
-    with torch.no_grad():
-        args, kwargs = paired.dense.batch_inputs(b)
-        target = first_tensor(reference(*args, **kwargs)).detach()
+def _error_on_batch(paired: PairedBlocks, block: nn.Module, targets: BlockStream, b: int) -> torch.Tensor:
     args, kwargs = paired.compressed.batch_inputs(b)
-    return _relative_error(first_tensor(block(*args, **kwargs)), target, paired.compressed.masks[b])
+    return _relative_error(first_tensor(block(*args, **kwargs)), targets.hidden.get(b), paired.compressed.masks[b])
 
 
 def fit_block_outputs(paired: PairedBlocks, index: int, reference: nn.Module, parameters: Sequence[nn.Parameter],
@@ -74,17 +74,17 @@ def fit_block_outputs(paired: PairedBlocks, index: int, reference: nn.Module, pa
     """``epochs`` passes of Adam (learning rate ``lr``, one step per calibration batch, in a seeded order)
     over ``parameters`` of block ``index``, fitting its outputs on the compressed stream to ``reference``'s
     (the dense block) on the dense stream. Dropout stays off (eval mode)."""
-    block = paired.blocks[index]
     parameters = list(parameters)
     if not parameters or epochs <= 0:
         return
+    block, targets = paired.blocks[index], paired.dense_outputs(index, reference)
     optimizer = torch.optim.Adam(parameters, lr=lr)
     order = torch.Generator().manual_seed(seed + index)
     count = len(paired.compressed.inputs)
-    with eval_mode(block), eval_mode(reference), _training_only(block, parameters), torch.enable_grad():
+    with eval_mode(block), _training_only(block, parameters), torch.enable_grad():
         for _ in range(epochs):
             for b in torch.randperm(count, generator=order).tolist():
-                loss = _error_on_batch(paired, block, reference, b)
+                loss = _error_on_batch(paired, block, targets, b)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

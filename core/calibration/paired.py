@@ -246,6 +246,7 @@ class PairedBlocks:
 
     def __init__(self, dense: BlockStream, compressed: BlockStream) -> None:
         self.dense, self.compressed = dense, compressed
+        self._dense_ahead = False  # the dense stream already holds the current block's outputs
 
     @classmethod
     def open(cls, model: nn.Module, batches: list[Any]) -> "PairedBlocks | None":
@@ -262,8 +263,19 @@ class PairedBlocks:
         """``(index, reference)`` per block; advance both streams once the caller has compressed it."""
         for index, block in enumerate(self.blocks):
             reference = copy_block(block)
+            self._dense_ahead = False
             yield index, reference
             if index < len(self.blocks) - 1:
-                self.dense.run(index, advance=True, block=reference)
+                if not self._dense_ahead:
+                    self.dense.run(index, advance=True, block=reference)
                 self.compressed.run(index, advance=True)
             del reference
+
+    def dense_outputs(self, index: int, reference: nn.Module) -> BlockStream:
+        """The dense stream advanced through ``reference`` (block ``index`` before compression): its hidden
+        states are then that block's dense outputs, computed once; the walk does not advance it again.
+        Only once every statistic on the dense *inputs* of the block has been taken."""
+        if not self._dense_ahead:
+            self.dense.run(index, advance=True, block=reference)
+            self._dense_ahead = True
+        return self.dense
